@@ -1,0 +1,109 @@
+"""Weight-based decomposition of bilinear / multilinear MLP layers.
+
+CP tensors are `tensorly.cp_tensor.CPTensor` objects holding torch tensors (decomp never changes tensorly's
+global backend; wrap tensorly calls on them in ``tensorly.backend_context("pytorch")``). Nothing here builds
+the dense d×d×d tensor except `cp_to_dense` (small tensors only).
+
+Modules: cp (CP forms, symmetrisation, implicit norms), layers (read a `model.GPT`), interaction (Q(u)),
+eigen (eigendecomposition, truncation, summaries), als (implicit CP-ALS), tokens (token readouts),
+diff (weight diffs), io (save / load).
+"""
+
+from decomp.als import ALSResult, cp_als
+from decomp.cp import (
+    bilinear_cp,
+    check_cp,
+    cp_apply,
+    cp_difference,
+    cp_inner,
+    cp_norm,
+    cp_relative_error,
+    cp_to,
+    cp_to_dense,
+    make_cp,
+    multilinear_cp,
+    symmetric_cp,
+)
+from decomp.diff import DiffReport, diff_report, layer_diff_cp, weight_diff_cp
+from decomp.eigen import Eigendecomposition, effective_rank, eigendecompose, eigh_sorted, top_abs_sum
+from decomp.errors import DecompError
+from decomp.interaction import (
+    interaction_frobenius_sq,
+    interaction_matrix,
+    interaction_matvec,
+    interaction_operator,
+    token_direction,
+)
+from decomp.io import load_cp, load_eigen, save_cp, save_eigen
+from decomp.layers import (
+    BilinearLayer,
+    MultilinearLayer,
+    bilinear_layer,
+    cp_from_model,
+    layer_kind,
+    multilinear_layer,
+)
+from decomp.tokens import (
+    ComponentReadout,
+    EigenReadout,
+    TokenScore,
+    TopTokens,
+    component_readouts,
+    direct_path_map,
+    eigen_readouts,
+    input_tokens,
+    output_tokens,
+    top_tokens,
+)
+
+__all__ = [
+    "ALSResult",
+    "BilinearLayer",
+    "ComponentReadout",
+    "DecompError",
+    "DiffReport",
+    "EigenReadout",
+    "Eigendecomposition",
+    "MultilinearLayer",
+    "TokenScore",
+    "TopTokens",
+    "bilinear_cp",
+    "bilinear_layer",
+    "check_cp",
+    "component_readouts",
+    "cp_als",
+    "cp_apply",
+    "cp_difference",
+    "cp_from_model",
+    "cp_inner",
+    "cp_norm",
+    "cp_relative_error",
+    "cp_to",
+    "cp_to_dense",
+    "diff_report",
+    "direct_path_map",
+    "effective_rank",
+    "eigen_readouts",
+    "eigendecompose",
+    "eigh_sorted",
+    "input_tokens",
+    "interaction_frobenius_sq",
+    "interaction_matrix",
+    "interaction_matvec",
+    "interaction_operator",
+    "layer_diff_cp",
+    "layer_kind",
+    "load_cp",
+    "load_eigen",
+    "make_cp",
+    "multilinear_cp",
+    "multilinear_layer",
+    "output_tokens",
+    "save_cp",
+    "save_eigen",
+    "symmetric_cp",
+    "token_direction",
+    "top_abs_sum",
+    "top_tokens",
+    "weight_diff_cp",
+]
