@@ -68,6 +68,9 @@ class CompactVocab:
         """Rows of the embedding: the size rounded up to a multiple of 64 (128 for the full vocabulary)."""
         return FULL_VOCAB_PADDED if self.token_ids is None else -(-self.size // 64) * 64
 
+    def __contains__(self, gpt2_id: int) -> bool:
+        return self.token_ids is None or bool(self._table()[0][gpt2_id] >= 0)
+
     def encode_tensor(self, gpt2_ids: torch.Tensor) -> torch.Tensor:
         """GPT-2 ids -> model ids (same shape). Raises on ids outside the compact vocabulary."""
         if self.token_ids is None:
