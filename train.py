@@ -34,7 +34,6 @@ import kernels
 from data.bigram import bigram_baseline
 from data.loader import DistributedLoader, TokenDataset, bits_per_byte, iter_val_batches, val_bytes_per_token
 from data.shards import read_shard
-from data.tokenizer import get_encoding
 from data.vocab import CompactVocab
 from model import GPT, GPTConfig, load_model
 from model.io import (
@@ -45,6 +44,7 @@ from model.io import (
     save_model,
     save_tensors,
 )
+from sample import resolve_checkpoint, sample
 
 # ------------------------------------------------------------------ configuration
 
@@ -296,16 +296,6 @@ def save_checkpoint(
     return final
 
 
-def resolve_checkpoint(path: str) -> Path:
-    """A run folder (follows LATEST) or a checkpoint folder -> the checkpoint folder."""
-    p = Path(path)
-    if (p / LATEST).is_file():
-        p = p / (p / LATEST).read_text().strip()
-    if not (p / "config.json").is_file():
-        raise CheckpointError(f"{path}: no checkpoint here (expected LATEST or config.json)")
-    return p
-
-
 def load_training_state(ckpt: Path, optimizers) -> dict:
     state = read_json(ckpt / "state.json")
     for key in ("step", "train_time_ms", "loader"):
@@ -369,23 +359,6 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def sample(model: GPT, vocab: CompactVocab, prompt: str, n_tokens: int, device, seed: int = 0) -> str:
-    """Sampling (temperature 1, top-k 50) of ``n_tokens`` after ``prompt`` (its tokens outside the vocabulary dropped)."""
-    enc = get_encoding()
-    prompt_ids = [t for t in enc.encode_ordinary(prompt) if t in vocab] or [enc.eot_token]
-    ids = vocab.encode_tensor(torch.tensor([prompt_ids]))
-    gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    for _ in range(n_tokens):
-        logits = model(ids[:, -1024:].to(device))[0, -1].float().cpu()
-        top = logits.topk(50)
-        nxt = top.indices[torch.multinomial(top.values.softmax(-1), 1, generator=gen)]
-        ids = torch.cat((ids, nxt[None]), dim=1)
-    model.train()
-    return enc.decode(vocab.decode_tensor(ids[0]).tolist())
 
 
 # ------------------------------------------------------------------ logging

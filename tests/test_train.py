@@ -45,7 +45,7 @@ def tiny_args(corpus, run_name: str, *extra: str) -> list[str]:
         "--run-name", run_name, "--vocab", "compact", "--n-layer", "2", "--n-head", "2", "--d-model", "32",
         "--seq-len", "16", "--batch-size", "8", "--micro-batch", "8", "--steps", "8", "--val-tokens", "256",
         "--val-every", "4", "--untimed-warmup-steps", "1", "--sample-tokens", "0", "--compile", "off",
-        "--threads", "1", *extra,
+        "--threads", "1", "--max-train-seconds", "0", *extra,
     ]  # fmt: skip
 
 
@@ -201,3 +201,20 @@ def test_help_explains_every_flag():
         "--mlp-order",
     ):
         assert flag in out.stdout
+
+
+def test_sample_cli_continues_the_prompt(corpus):
+    train.main(tiny_args(corpus, "s", "--steps", "2"))
+    # the corpus holds GPT-2 ids 1000..1039; a prompt made of them survives the compact vocabulary
+    from data.tokenizer import get_encoding
+
+    prompt = get_encoding().decode([1000, 1001])
+    out = subprocess.run(
+        [sys.executable, "sample.py", str(corpus["root"] / "runs" / "s"), "--prompt", prompt, "--tokens", "5"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.startswith(prompt) and len(out.stdout) > len(prompt)
+    bad = subprocess.run(
+        [sys.executable, "sample.py", str(corpus["root"])], cwd=REPO, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "no checkpoint here" in bad.stderr

@@ -1,0 +1,91 @@
+"""Sample a continuation from a checkpoint, for a quick look.
+
+python sample.py runs/demo --prompt "ROMEO:" --tokens 80 --temperature 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from data.tokenizer import get_encoding
+from data.vocab import CompactVocab
+from model import GPT, load_model
+from model.io import CheckpointError, read_json
+
+
+@torch.no_grad()
+def sample(
+    model: GPT,
+    vocab: CompactVocab,
+    prompt: str,
+    n_tokens: int,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    context: int = 1024,
+) -> str:
+    """Prompt text -> prompt + ``n_tokens`` sampled tokens, decoded (top-k sampling at ``temperature``).
+
+    Prompt tokens outside the model's vocabulary are dropped; an empty prompt starts from <|endoftext|>.
+    """
+    enc = get_encoding()
+    prompt_ids = [t for t in enc.encode_ordinary(prompt) if t in vocab] or [enc.eot_token]
+    ids = vocab.encode_tensor(torch.tensor([prompt_ids]))
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    for _ in range(n_tokens):
+        logits = model(ids[:, -context:].to(device))[0, -1].float().cpu()
+        top = (logits / max(temperature, 1e-6)).topk(min(top_k, vocab.size))
+        nxt = top.indices[torch.multinomial(top.values.softmax(-1), 1, generator=gen)]
+        ids = torch.cat((ids, nxt[None]), dim=1)
+    model.train(was_training)
+    return enc.decode(vocab.decode_tensor(ids[0]).tolist())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder (follows its LATEST file) or a checkpoint folder -> the checkpoint folder."""
+    p = Path(path)
+    if (p / "LATEST").is_file():
+        p = p / (p / "LATEST").read_text().strip()
+    if not (p / "config.json").is_file():
+        raise CheckpointError(f"{path}: no checkpoint here (expected LATEST or config.json)")
+    return p
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", help="run folder (uses its LATEST checkpoint) or checkpoint folder")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens to generate")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    ckpt = resolve_checkpoint(args.checkpoint)
+    vocab = CompactVocab.from_config(read_json(ckpt / "config.json"))
+    model = load_model(ckpt)
+    print(
+        sample(
+            model,
+            vocab,
+            args.prompt,
+            args.tokens,
+            seed=args.seed,
+            temperature=args.temperature,
+            top_k=args.top_k,
+        )
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from e
