@@ -34,8 +34,8 @@ import kernels
 from data.bigram import bigram_baseline
 from data.loader import DistributedLoader, TokenDataset, bits_per_byte, iter_val_batches, val_bytes_per_token
 from data.shards import read_shard
-from data.vocab import CompactVocab
-from model import GPT, GPTConfig, load_model
+from data.vocab import CompactVocab, VocabError
+from model import GPT, ConfigError, GPTConfig, load_model
 from model.io import (
     CheckpointError,
     atomic_write_json,
@@ -235,7 +235,7 @@ def build_optimizers(model: GPT, cfg: TrainConfig) -> list[torch.optim.Optimizer
         dict(params=scalars, lr=cfg.scalar_lr),
     ]
     groups = [g for g in groups if g["params"]]
-    adam = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=1e-10, fused=False)
+    adam = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=1e-10)
     muon = torch.optim.Muon(
         hidden,
         lr=cfg.muon_lr,
@@ -452,6 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = resume_dir or init_dir
     if source is not None:
         vocab = CompactVocab.from_config(read_json(source / "config.json"))
+        vocab.check_covers(train_files + val_files, source=f"the vocabulary of {source}")
     else:
         vocab = (
             CompactVocab.from_shards(train_files + val_files)
@@ -649,6 +650,6 @@ def peak_memory_mb(device: torch.device) -> float:
 if __name__ == "__main__":
     try:
         main()
-    except (TrainingDiverged, CheckpointError) as e:
+    except (TrainingDiverged, CheckpointError, ConfigError, VocabError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

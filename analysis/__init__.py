@@ -1,0 +1,17 @@
+"""Pictures of what a trained tnt checkpoint computes: reports built on `model/` hooks and `decomp/`.
+
+Command lines:
+    python -m analysis CHECKPOINT --out DIR          per-layer spectra, CP-rank sweep with KL faithfulness,
+                                                     logit lens, steering (writes DIR/index.html)
+    python -m analysis.diff BASE FINETUNED --out DIR weight-based and activation-based model diffing
+    python -m analysis.comedies --out DIR            comedies-only Shakespeare shards for a finetuning demo
+
+Modules: checkpoint (load a run / checkpoint folder), tokens (decode and display token text), valdata
+(validation batches in model ids), faithfulness (MLP replacements scored by KL with a noise floor), spectra
+(interaction-matrix eigenvalues and token readouts), logit_lens, steering, model_diff, plots, html (the report
+page), report (the single-checkpoint report).
+"""
+
+from analysis.errors import AnalysisError
+
+__all__ = ["AnalysisError"]

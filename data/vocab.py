@@ -68,6 +68,20 @@ class CompactVocab:
         """Rows of the embedding: the size rounded up to a multiple of 64 (128 for the full vocabulary)."""
         return FULL_VOCAB_PADDED if self.token_ids is None else -(-self.size // 64) * 64
 
+    def check_covers(self, files: Sequence[str | Path], source: str = "the model's vocabulary") -> None:
+        """Raise a VocabError naming the first shard holding an id outside this vocabulary."""
+        if self.token_ids is None:
+            return
+        to_model = self._table()[0].numpy()
+        for f in files:
+            ids = np.unique(np.asarray(read_shard(f)))
+            missing = ids[to_model[ids] < 0]
+            if missing.size:
+                raise VocabError(
+                    f"{f}: holds {missing.size} token id(s) outside {source} (e.g. {missing[:5].tolist()}); "
+                    "a compact vocabulary only covers the shards it was built from"
+                )
+
     def __contains__(self, gpt2_id: int) -> bool:
         return self.token_ids is None or bool(self._table()[0][gpt2_id] >= 0)
 

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 import train
 from data.shards import write_shard
+from data.vocab import VocabError
 from model import GPT, CheckpointError, ConfigError, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +175,20 @@ def test_bad_arguments_give_clear_errors(corpus):
         train.main(tiny_args(corpus, "bad", "--batch-size", "12"))
     with pytest.raises(SystemExit, match="no train shards match"):
         train.main(tiny_args(corpus, "bad", "--train-files", str(corpus["root"] / "missing_*.bin")))
+
+
+def test_compact_vocabulary_must_cover_finetuning_data(corpus):
+    train.main(tiny_args(corpus, "v"))
+    other = corpus["root"] / "other_train_000000.bin"
+    write_shard(other, np.arange(2000, 2100))
+    with pytest.raises(
+        VocabError, match="other_train_000000.bin: holds 100 token id.* outside the vocabulary of"
+    ):
+        train.main(
+            tiny_args(
+                corpus, "v2", "--init-from", str(corpus["root"] / "runs" / "v"), "--train-files", str(other)
+            )
+        )
 
 
 def test_init_from_finetunes_with_a_fresh_optimizer(corpus):
