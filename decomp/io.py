@@ -8,8 +8,6 @@ written atomically (temporary file in the same directory, fsync, ``os.replace``)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from tensorly.cp_tensor import CPTensor
 from decomp.cp import check_cp, make_cp
 from decomp.eigen import Eigendecomposition
 from decomp.errors import DecompError
+from model.io import atomic_write_bytes
 
 FORMAT = "tnt.decomp"
 VERSION = 1
@@ -80,8 +79,8 @@ def _save(path: str | Path, tensors: dict[str, torch.Tensor], header: dict, meta
     except (TypeError, ValueError) as exc:
         raise DecompError(f"metadata must be JSON-serialisable: {exc}") from exc
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(path, safetensors.torch.save(data, metadata={"format": FORMAT}))
-    _atomic_write(sidecar_path(path), (text + "\n").encode())
+    atomic_write_bytes(path, safetensors.torch.save(data, metadata={"format": FORMAT}))
+    atomic_write_bytes(sidecar_path(path), (text + "\n").encode())
 
 
 def _load(path: str | Path, kind: str, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict]:
@@ -112,17 +111,3 @@ def _require(path: str | Path, tensors: dict[str, torch.Tensor], names: list[str
     missing = [n for n in names if n not in tensors]
     if missing:
         raise DecompError(f"{path}: missing tensors {missing}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
