@@ -6,14 +6,13 @@ python sample.py runs/demo --prompt "ROMEO:" --tokens 80 --temperature 0.8
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from data.tokenizer import get_encoding
 from data.vocab import CompactVocab
 from model import GPT, load_model
-from model.io import CheckpointError, read_json
+from model.io import CheckpointError, read_json, resolve_checkpoint
 
 
 @torch.no_grad()
@@ -45,16 +44,6 @@ def sample(
         ids = torch.cat((ids, nxt[None]), dim=1)
     model.train(was_training)
     return enc.decode(vocab.decode_tensor(ids[0]).tolist())
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (follows its LATEST file) or a checkpoint folder -> the checkpoint folder."""
-    p = Path(path)
-    if (p / "LATEST").is_file():
-        p = p / (p / "LATEST").read_text().strip()
-    if not (p / "config.json").is_file():
-        raise CheckpointError(f"{path}: no checkpoint here (expected LATEST or config.json)")
-    return p
 
 
 def main() -> None:

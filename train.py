@@ -41,10 +41,11 @@ from model.io import (
     atomic_write_json,
     load_tensors,
     read_json,
+    resolve_checkpoint,
     save_model,
     save_tensors,
 )
-from sample import resolve_checkpoint, sample
+from sample import sample
 
 # ------------------------------------------------------------------ configuration
 
@@ -211,13 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Flags override the preset, which overrides the dataclass defaults."""
+    """Flags override the preset, which overrides the dataclass defaults.
+
+    With ``--resume``, the resumed run's saved settings replace preset and defaults, so only the flags given
+    now change anything (e.g. a larger ``--steps``); the run continues in its own folder.
+    """
     args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    if "adam_betas" in args:
+        args["adam_betas"] = tuple(args["adam_betas"])
+    if "resume" in args:
+        saved = read_json(resolve_checkpoint(args["resume"]) / "config.json").get("train")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{args['resume']}: config.json has no 'train' settings to resume with")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = {k: tuple(v) if k == "adam_betas" else v for k, v in saved.items() if k in known}
+        return TrainConfig(**{**saved, **args})
     preset = args.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
         raise SystemExit(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    if "adam_betas" in args:
-        args["adam_betas"] = tuple(args["adam_betas"])
     return TrainConfig(**{**PRESETS[preset], **args, "preset": preset})
 
 
@@ -258,14 +270,6 @@ def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
     return 0.1 + 0.9 * max((1 - progress) / cfg.cooldown_frac, 0.0)
 
 
-def training_progress(step: int, train_time_ms: float, cfg: TrainConfig) -> float:
-    """Fraction of the run done: by steps, or by timed seconds when --max-train-seconds is set (whichever leads)."""
-    progress = step / cfg.steps
-    if cfg.max_train_seconds:
-        progress = max(progress, train_time_ms / (1000 * cfg.max_train_seconds))
-    return progress
-
-
 # ------------------------------------------------------------------ checkpoints
 
 LATEST = "LATEST"
@@ -286,8 +290,12 @@ def save_checkpoint(
     torch.save([opt.state_dict() for opt in optimizers], tmp / "optimizer.pt")
     save_tensors(tmp / "rng.safetensors", {"torch": torch.get_rng_state()})
     atomic_write_json(tmp / "state.json", state)
-    shutil.rmtree(final, ignore_errors=True)
+    aside = run_dir / f".{name}.old"
+    if final.exists():  # keep the old folder until the new one is in place
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
     os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
     (run_dir / f".{LATEST}.tmp").write_text(name + "\n")
     os.replace(run_dir / f".{LATEST}.tmp", run_dir / LATEST)
     old = sorted(p for p in run_dir.glob("ckpt_*") if p.is_dir() and p != final)
@@ -367,8 +375,8 @@ def autocast(device: torch.device):
 class RunLog:
     """Prints on rank 0 and appends to ``run_dir/log.txt``; optionally mirrors metrics to wandb."""
 
-    def __init__(self, path: Path | None, use_wandb: bool, cfg: TrainConfig) -> None:
-        self.path, self.wandb = path, None
+    def __init__(self, enabled: bool, path: Path, use_wandb: bool, cfg: TrainConfig) -> None:
+        self.enabled, self.path, self.wandb = enabled, path, None
         if use_wandb:
             import wandb  # lazy: importing wandb costs ~0.7 s
 
@@ -377,11 +385,12 @@ class RunLog:
             )
 
     def __call__(self, msg: str, console: bool = True) -> None:
+        if not self.enabled:
+            return
         if console:
             print(msg, flush=True)
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(msg + "\n")
+        with open(self.path, "a") as f:
+            f.write(msg + "\n")
 
     def metrics(self, step: int, **values: float) -> None:
         if self.wandb is not None:
@@ -468,10 +477,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"--init-from: using the architecture of {init_dir} ({model.config.mlp})")
     else:
         model = GPT(mcfg)
+    model.config.check_vocab(vocab.size - 1, source=f"the {vocab.size}-token vocabulary")
     model.to(device)
     optimizers = build_optimizers(model, cfg)
     run_dir = cfg.run_dir
-    log = RunLog(run_dir / "log.txt" if master else None, cfg.wandb and master, cfg)
+    log = RunLog(master, run_dir / "log.txt", cfg.wandb and master, cfg)
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         log.header(cfg)
@@ -488,9 +498,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = TokenDataset(train_files, cfg.seq_len, seed=cfg.seed, bos_aligned=cfg.bos_aligned)
     loader = DistributedLoader(dataset, cfg.micro_batch, rank=rank, world_size=world, grad_accum=grad_accum)
 
-    def train_step(progress: float) -> torch.Tensor:
-        """One optimizer step over grad_accum micro-batches (and all ranks); returns the mean loss."""
-        mult = lr_multiplier(progress, cfg)
+    def train_step(mult: float) -> torch.Tensor:
+        """One optimizer step at lr × ``mult`` over grad_accum micro-batches and all ranks; the mean loss."""
         for opt in optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * mult
@@ -525,30 +534,33 @@ def main(argv: list[str] | None = None) -> dict:
             "loader": loader.state_dict(),
         }
         for s in range(cfg.untimed_warmup_steps):
-            train_step(s / cfg.steps)
+            train_step(lr_multiplier(s / cfg.steps, cfg))
         model.load_state_dict(initial["model"])
         for o, s in zip(optimizers, initial["opt"], strict=True):
             o.load_state_dict(s)
         loader.load_state_dict(initial["loader"])
 
-    step, train_time_ms = 0, 0.0
+    step, train_time_ms, total_steps = 0, 0.0, cfg.steps
     if resume_dir is not None:
         state = load_training_state(resume_dir, optimizers)
         step, train_time_ms = state["step"], state["train_time_ms"]
+        total_steps = (
+            state.get("total_steps", cfg.steps) if "steps" not in explicit_flags(argv) else cfg.steps
+        )
         loader.load_state_dict(state["loader"])
         log(f"resumed from {resume_dir} at step {step}")
 
-    stop_signal: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
-
     extra = {"vocab": vocab.to_config()}
+    saved_at = -1
 
     def checkpoint() -> Path | None:
-        if not master:
+        nonlocal saved_at
+        if not master or saved_at == step:
             return None
+        saved_at = step
         state = {
             "step": step,
+            "total_steps": total_steps,
             "train_time_ms": train_time_ms,
             "loader": loader.state_dict(),
             "world_size": world,
@@ -558,51 +570,64 @@ def main(argv: list[str] | None = None) -> dict:
     bytes_per_token = val_bytes_per_token(val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, world)
     history: dict = {"train_loss": [], "val": []}
     last_val, n_val = float("nan"), 0
-    t0 = time.perf_counter()
-    while True:
-        elapsed_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
-        if world > 1 and cfg.max_train_seconds:  # ranks must agree on when to stop: rank 0's clock decides
-            flag = torch.tensor([elapsed_ms], dtype=torch.float64, device=device)
-            dist.broadcast(flag, 0)
-            elapsed_ms = flag.item()
-        last = training_progress(step, elapsed_ms, cfg) >= 1
-        if last or (cfg.val_every and step % cfg.val_every == 0):
-            sync(device)
-            train_time_ms += 1000 * (time.perf_counter() - t0)  # pause the clock during validation
-            last_val, n_val = evaluate(model, val_files, cfg, vocab, device, rank, world)
-            bpb = bits_per_byte(last_val, bytes_per_token)
-            log(
-                f"step:{step}/{cfg.steps} val_loss:{last_val:.4f} val_bpb:{bpb:.4f} "
-                f"train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / max(step, 1):.2f}ms"
-            )
-            log.metrics(step, val_loss=last_val, val_bpb=bpb, train_time_ms=train_time_ms)
-            history["val"].append((step, last_val, train_time_ms))
-            sync(device)
-            t0 = time.perf_counter()
-        if last:
-            break
-        loss = train_step(training_progress(step, elapsed_ms, cfg))
-        if not torch.isfinite(loss):
-            latest = run_dir / LATEST
-            where = f"{run_dir / latest.read_text().strip()}" if latest.is_file() else "none saved yet"
-            raise TrainingDiverged(
-                f"non-finite training loss ({loss.item()}) at step {step}; the weights were not updated. "
-                f"Last good checkpoint: {where}. Lower the learning rates or enable --grad-clip."
-            )
-        step += 1
-        history["train_loss"].append(loss.item())
-        if cfg.train_log_every and step % cfg.train_log_every == 0:
-            log(f"step:{step}/{cfg.steps} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms")
-        if stop_signal or (cfg.save_every and step % cfg.save_every == 0):
-            sync(device)
-            train_time_ms += 1000 * (time.perf_counter() - t0)
-            path = checkpoint()
-            if stop_signal:
-                log(f"signal {stop_signal[0]}: saved {path} at step {step}; resume with --resume {run_dir}")
-                raise SystemExit(128 + stop_signal[0])
-            t0 = time.perf_counter()
+    stop_signal: list[int] = []
+    handlers = {
+        sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum)) for sig in STOP_SIGNALS
+    }
+    try:
+        t0 = time.perf_counter()
+        while True:
+            last = step >= total_steps
+            if last or (cfg.val_every and step % cfg.val_every == 0):
+                sync(device)
+                train_time_ms += 1000 * (time.perf_counter() - t0)  # pause the clock during validation
+                last_val, n_val = evaluate(model, val_files, cfg, vocab, device, rank, world)
+                bpb = bits_per_byte(last_val, bytes_per_token)
+                log(
+                    f"step:{step}/{total_steps} val_loss:{last_val:.4f} val_bpb:{bpb:.4f} "
+                    f"train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / max(step, 1):.2f}ms"
+                )
+                log.metrics(step, val_loss=last_val, val_bpb=bpb, train_time_ms=train_time_ms)
+                history["val"].append((step, last_val, train_time_ms))
+                sync(device)
+                t0 = time.perf_counter()
+            if last:
+                break
+            loss = train_step(lr_multiplier(step / total_steps, cfg))
+            if not torch.isfinite(loss):
+                latest = run_dir / LATEST
+                where = f"{run_dir / latest.read_text().strip()}" if latest.is_file() else "none saved yet"
+                raise TrainingDiverged(
+                    f"non-finite training loss ({loss.item()}) at step {step}; the weights were not updated. "
+                    f"Last good checkpoint: {where}. Lower the learning rates or enable --grad-clip."
+                )
+            step += 1
+            history["train_loss"].append(loss.item())
+            elapsed_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
+            if cfg.max_train_seconds and step == CALIBRATION_STEPS and total_steps == cfg.steps:
+                # A wall-clock budget becomes a step count once, so the schedule (and a resume) is deterministic.
+                fit = int(cfg.max_train_seconds * 1000 / (elapsed_ms / step))
+                total_steps = agree(max(min(cfg.steps, fit), step), device, world, dist.ReduceOp.MIN)
+                log(
+                    f"budget {cfg.max_train_seconds:.0f}s at {elapsed_ms / step:.0f}ms/step: {total_steps} steps"
+                )
+            if cfg.train_log_every and step % cfg.train_log_every == 0:
+                log(f"step:{step}/{total_steps} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms")
+            stop = agree(int(bool(stop_signal)), device, world, dist.ReduceOp.MAX)  # all ranks stop together
+            if stop or (cfg.save_every and step % cfg.save_every == 0):
+                sync(device)
+                train_time_ms += 1000 * (time.perf_counter() - t0)
+                path = checkpoint()
+                if stop:
+                    signum = stop_signal[0] if stop_signal else signal.SIGTERM
+                    log(f"signal {signum}: saved {path} at step {step}; resume with --resume {run_dir}")
+                    raise SystemExit(128 + signum)
+                t0 = time.perf_counter()
+        ckpt = checkpoint() or (run_dir / f"ckpt_{step:06d}" if master else None)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
-    ckpt = checkpoint()
     if master:
         log(f"peak memory: {peak_memory_mb(device):.0f} MiB; checkpoint: {ckpt}")
         if cfg.bigram_baseline:
@@ -621,6 +646,24 @@ def main(argv: list[str] | None = None) -> dict:
     if world > 1:
         dist.destroy_process_group()
     return {"val_loss": last_val, "step": step, "train_time_ms": train_time_ms, "checkpoint": ckpt, **history}
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+CALIBRATION_STEPS = 10  # timed steps measured before a --max-train-seconds budget is turned into steps
+
+
+def agree(value: int, device: torch.device, world: int, op) -> int:
+    """The value all ranks agree on (reduced with ``op``); the value itself on one process."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=op)
+    return int(t.item())
+
+
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """Names of the TrainConfig fields given on the command line."""
+    return {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
 
 
 def json_clone(obj):

@@ -46,7 +46,7 @@ class HookedRootModule(nn.Module):
     @contextmanager
     def hooks(self, fwd_hooks: list[tuple[str | Callable[[str], bool], HookFn]]) -> Iterator[None]:
         """Attach ``(name or name-predicate, fn)`` pairs for the duration of the block."""
-        attached: list[HookPoint] = []
+        attached: list[tuple[HookPoint, HookFn]] = []
         try:
             for key, fn in fwd_hooks:
                 points = (
@@ -56,11 +56,11 @@ class HookedRootModule(nn.Module):
                 )
                 for point in points:
                     point.fns.append(fn)
-                    attached.append(point)
+                    attached.append((point, fn))
             yield
         finally:
-            for point in attached:
-                point.fns.clear()
+            for point, fn in attached:  # only ours: hooks of an enclosing context stay
+                point.fns.remove(fn)
 
     def _hook_point(self, name: str) -> HookPoint:
         if name not in self.hook_dict:

@@ -83,6 +83,16 @@ def save_model(model: GPT, directory: str | Path, extra_config: dict | None = No
     atomic_write_json(directory / CONFIG_FILE, {"model": model.config.to_dict(), **(extra_config or {})})
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder (follows its LATEST file) or a checkpoint folder -> the checkpoint folder."""
+    p = Path(path)
+    if (p / "LATEST").is_file():
+        p = p / (p / "LATEST").read_text().strip()
+    if not (p / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path}: no checkpoint here (expected LATEST or {CONFIG_FILE})")
+    return p
+
+
 def load_config(directory: str | Path) -> GPTConfig:
     path = Path(directory) / CONFIG_FILE
     obj = read_json(path)

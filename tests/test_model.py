@@ -187,13 +187,38 @@ def test_attention_is_causal_and_windowed():
 
 
 @pytest.mark.parametrize("options", [dict(value_embeds=True), dict(unet_skips=True), dict(norm_gain=True)])
-def test_options_train(options):
+def test_options_change_the_function_and_get_gradients(options):
+    plain = randomise(GPT(small_config(n_layer=4)))
     model = GPT(small_config(n_layer=4, **options))
+    model.load_state_dict(plain.state_dict(), strict=False)
+    new = {n: p for n, p in model.named_parameters() if n not in dict(plain.named_parameters())}
+    assert new, "the option adds parameters"
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in new.values():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
     tokens = torch.randint(0, 97, (2, 8))
-    loss = model(tokens, tokens)
-    loss.backward()
-    assert math.isclose(loss.item(), math.log(97), rel_tol=1e-4)  # zero-initialised head: uniform prediction
-    assert model.lm_head.weight.grad.abs().sum() > 0
+    assert not torch.allclose(model(tokens), plain(tokens))
+    model(tokens, tokens).backward()
+    for name, p in new.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_zero_initialised_head_predicts_uniformly():
+    model = GPT(small_config(n_layer=2))
+    tokens = torch.randint(0, 97, (2, 8))
+    assert math.isclose(model(tokens, tokens).item(), math.log(97), rel_tol=1e-5)
+
+
+def test_nested_hooks_keep_the_outer_hook():
+    model = randomise(GPT(small_config()))
+    tokens = torch.randint(0, 97, (1, 5))
+    zero = [("blocks.1.hook_mlp_out", lambda x, hook: torch.zeros_like(x))]
+    with model.hooks(zero):
+        ablated = model(tokens)
+        inner, _ = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")
+    torch.testing.assert_close(inner, ablated)  # the outer ablation still applied inside run_with_cache
+    assert not torch.allclose(model(tokens), ablated)
 
 
 def test_logit_softcap_bounds_logits():

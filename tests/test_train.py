@@ -78,6 +78,17 @@ def test_resume_equals_uninterrupted(corpus):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
 
 
+def test_wall_clock_budget_becomes_a_step_count(corpus, capsys):
+    result = train.main(tiny_args(corpus, "budget", "--steps", "40", "--max-train-seconds", "0.001"))
+    assert result["step"] == train.CALIBRATION_STEPS  # the budget is spent by the calibration steps
+    assert f"step:{train.CALIBRATION_STEPS}/{train.CALIBRATION_STEPS} val_loss:" in capsys.readouterr().out
+    run = corpus["root"] / "runs" / "budget"
+    state = json.loads(
+        (run / "LATEST").parent.joinpath((run / "LATEST").read_text().strip(), "state.json").read_text()
+    )
+    assert state["total_steps"] == train.CALIBRATION_STEPS
+
+
 def test_keeps_only_the_newest_checkpoints(corpus):
     train.main(tiny_args(corpus, "keep", "--save-every", "2", "--keep-checkpoints", "2"))
     run = corpus["root"] / "runs" / "keep"
@@ -150,7 +161,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, monkeypatch):
     monkeypatch.setattr(GPT, "forward", forward)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     full = train.main(tiny_args(corpus, "sig_ref"))
-    resumed = train.main(tiny_args(corpus, "sig", "--resume", str(run)))
+    resumed = train.main(["--resume", str(run)])
     assert resumed["train_loss"] == full["train_loss"][3:]
 
 
