@@ -510,11 +510,15 @@ def main(argv: list[str] | None = None) -> dict:
                 loss = fwd(vocab.encode_tensor(x).to(device), vocab.encode_tensor(y).to(device))
             (loss / grad_accum).backward()
             total += loss.detach() / grad_accum
-        if world > 1:  # average gradients (and the loss) over ranks: same sum as one rank accumulating
-            for p in model.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        if world > 1:  # average gradients and loss over ranks in one flat all-reduce
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            flat = torch.cat([g.flatten() for g in grads] + [total.view(1)])
+            dist.all_reduce(flat, op=dist.ReduceOp.AVG)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+            total = flat[-1]
         if not torch.isfinite(total):  # stop before the optimizer touches the weights
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)

@@ -152,6 +152,15 @@ def test_fused_up_product_forward_and_grad(act, order, dtype):
     assert_close(dw, dw_ref, dtype, GRAD_TOL)
 
 
+@pytest.mark.parametrize(("act", "order"), [("silu", 2), ("identity", 3)])
+def test_fused_up_product_several_tiles_and_k_steps(act, order):
+    """Shapes beyond one interpreter tile (128): 3×2 programs, 3 K-steps, ragged edges on every axis."""
+    x, w = _fused_inputs(order, torch.float32, lead=(300,), d=300, h=200)
+    out = kernels.fused_up_product(x, w, act, order)
+    ref = reference.fused_up_product(fp32_leaf(x), fp32_leaf(w), act, order)
+    assert_close(out, ref.detach(), torch.float32)
+
+
 def test_fused_up_product_strided_3d_input():
     """x is a slice of a wider activation buffer, with two leading dims; w_up is a row slice of a bigger weight."""
     big = torch.randn(2, 19, 60, requires_grad=True)

@@ -282,3 +282,21 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
         load_model(tmp_path / "m")
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         load_model(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("kind", ["bilinear", "swiglu", "multilinear"])
+def test_model_through_the_triton_kernels_matches_the_torch_path(kind):
+    """The MLP product dispatch: the real Triton kernels (interpreted on CPU) inside the network."""
+    import kernels
+
+    model = randomise(GPT(small_config(mlp=kind, mlp_order=3 if kind == "multilinear" else 2)))
+    tokens = torch.randint(0, 97, (2, 6))
+    grads = {}
+    for backend in ("torch", "triton"):
+        model.zero_grad()
+        with kernels.use_backend(backend):
+            loss = model(tokens, tokens)
+            loss.backward()
+        grads[backend] = (loss.detach(), model.blocks[0].mlp.c_fc.weight.grad.clone())
+    torch.testing.assert_close(grads["triton"][0], grads["torch"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads["triton"][1], grads["torch"][1], rtol=1e-4, atol=1e-6)
