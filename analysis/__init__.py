@@ -7,9 +7,10 @@ Command lines:
     python -m analysis.comedies --out DIR            comedies-only Shakespeare shards for a finetuning demo
 
 Modules: checkpoint (load a run / checkpoint folder), tokens (decode and display token text), valdata
-(validation batches in model ids), faithfulness (MLP replacements scored by KL with a noise floor), spectra
-(interaction-matrix eigenvalues and token readouts), logit_lens, steering, model_diff, plots, html (the report
-page), report (the single-checkpoint report).
+(validation windows in model ids), faithfulness (MLP replacements scored by KL against a noise floor), spectra
+(interaction-matrix eigenvalues and token readouts), logit_lens, steering, model_diff (weight and activation
+diffs), plots (matplotlib figures), html (the report page), report / diff / comedies (the command lines),
+cli (argparse helpers).
 """
 
 from analysis.errors import AnalysisError

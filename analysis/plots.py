@@ -1,0 +1,447 @@
+"""Figures of the analysis report (matplotlib, Agg backend). Each function returns a `Figure`; `save_figure`
+writes it as PNG atomically. Tokens are shown as their escaped text in quotes ("' the'", "'\\n'")."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis.faithfulness import LayerFaithfulness  # noqa: E402
+from analysis.logit_lens import LogitLens  # noqa: E402
+from analysis.model_diff import ActivationDiff, LayerWeightDiff  # noqa: E402
+from analysis.spectra import LayerSpectra  # noqa: E402
+from analysis.steering import SteeringCurve  # noqa: E402
+from analysis.tokens import TokenText  # noqa: E402
+from decomp import TopTokens  # noqa: E402
+from model.io import atomic_write_bytes  # noqa: E402
+
+# Decoded GPT-2 tokens include scripts DejaVu Sans lacks; a missing glyph is drawn as a box, not an error.
+warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9})
+
+POS_COLOR, NEG_COLOR = "#2b6cb0", "#c53030"
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")  # nothing clipped (long titles)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def quoted(text: str | None) -> str:
+    return f"'{text}'" if text is not None else "?"
+
+
+def token_bars(ax, top: TopTokens, n: int, title: str, xlabel: str) -> None:
+    """Horizontal bars: the n highest scores (blue, top) and the n lowest (red, bottom), labelled by token."""
+    pos, neg = top.positive[:n], top.negative[:n]
+    if all(e.score == 0 for e in pos + neg):
+        ax.set_title(title, fontsize=9)
+        ax.text(0.5, 0.5, "no difference (all scores 0)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    entries = neg + pos[::-1]  # bottom to top: most negative … least negative, lowest … highest positive
+    labels = [quoted(e.text) for e in entries]
+    values = [e.score for e in entries]
+    colors = [NEG_COLOR] * len(neg) + [POS_COLOR] * len(pos)
+    y = np.arange(len(entries))
+    ax.barh(y, values, color=colors)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+
+
+# ---------------------------------------------------------------- spectra
+
+
+def plot_spectra(spec: LayerSpectra, n_show: int = 40) -> Figure:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ts in spec.tokens:
+        v = ts.values.numpy()
+        label = f"{ts.label}  (eff. rank {ts.effective_rank:.1f})"
+        idx = np.arange(1, len(v) + 1)
+        (line,) = a.plot(idx[:n_show], v[:n_show], marker="o", ms=3, lw=1, label=label)
+        b.semilogy(idx, np.abs(v), color=line.get_color(), lw=1.2, label=label)
+    a.axhline(0, color="black", lw=0.6)
+    a.set_title(f"Layer {spec.layer}: leading eigenvalues of Q(u_token) (signed, by |λ|)")
+    a.set_xlabel("eigenvalue index i (sorted by |λ| descending)")
+    a.set_ylabel("λ_i  (logit units per rms-normalised input²)")
+    a.legend(title="output token", fontsize=8)
+    b.set_title(f"Layer {spec.layer}: full spectrum |λ_i| of Q(u_token)")
+    b.set_xlabel("eigenvalue index i")
+    b.set_ylabel("|λ_i| (log scale)")
+    b.legend(title="output token", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_truncation(spec: LayerSpectra, faith: LayerFaithfulness | None) -> Figure:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ts in spec.tokens:
+        err = ts.truncation_error.numpy()
+        a.plot(np.arange(len(err)), err, lw=1.3, label=ts.label)
+    a.set_xscale("symlog", linthresh=1)
+    a.set_title(f"Layer {spec.layer}: top-k truncation of Q(u_token)")
+    a.set_xlabel("k = eigenpairs kept (largest |λ|)")
+    a.set_ylabel("relative error ‖Q − Q_k‖_F / ‖Q‖_F")
+    a.set_ylim(0, 1.02)
+    a.legend(title="output token", fontsize=8)
+    pts = faith.family("truncation") if faith else []
+    if pts:
+        k = [p.param for p in pts]
+        b.plot(k, [p.kl for p in pts], "o-", color=POS_COLOR, label="KL(original ‖ top-k MLP)")
+        b.errorbar(
+            k,
+            [p.kl_noise for p in pts],
+            yerr=[p.kl_noise_std for p in pts],
+            fmt="s--",
+            color="gray",
+            capsize=3,
+            label="noise floor (random Δ of equal norm)",
+        )
+        b.axhline(faith.kl_mean_ablation, color=NEG_COLOR, ls=":", label="mean-ablated MLP")
+        b.set_yscale("log")
+        b.set_xscale("log", base=2)
+        b.set_title(f"Layer {spec.layer}: whole-MLP top-k truncation (per output direction of P)")
+        b.set_xlabel("k = eigencomponents kept per output direction")
+        b.set_ylabel("mean KL per token (nats, log scale)")
+        b.legend(fontsize=8)
+        for p in pts:
+            b.annotate(
+                f"{p.sym_rel_error:.2f}",
+                (p.param, p.kl),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+    else:
+        b.axis("off")
+        b.text(0.5, 0.5, "whole-MLP truncation not evaluated", ha="center", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def plot_eigen_readouts(spec: LayerSpectra, n_tokens: int = 5) -> Figure:
+    rows = len(spec.tokens)
+    cols = max(len(ts.readouts) for ts in spec.tokens)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
+    for r, ts in enumerate(spec.tokens):
+        for c in range(cols):
+            ax = axes[r, c]
+            if c >= len(ts.readouts):
+                ax.axis("off")
+                continue
+            ro = ts.readouts[c]
+            token_bars(
+                ax,
+                ro.inputs,
+                n_tokens,
+                f"Q({ts.label}), v_{ro.index + 1}: λ = {ro.eigenvalue:+.3g}",
+                "input score ê·v, ê = e/rms(e) (blue: highest, red: lowest)",
+            )
+    fig.suptitle(
+        f"Layer {spec.layer}: input tokens aligned with the leading eigenvectors (both signs)", fontsize=11
+    )
+    fig.tight_layout()
+    return fig
+
+
+def plot_effective_ranks(spectra: Sequence[LayerSpectra], d: int) -> Figure:
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(spectra) + 3), 3.8))
+    labels = [ts.label for ts in spectra[0].tokens]
+    width = 0.8 / max(len(labels), 1)
+    for j, label in enumerate(labels):
+        values = [s.tokens[j].effective_rank for s in spectra]
+        ax.bar(np.arange(len(spectra)) + j * width - 0.4 + width / 2, values, width, label=label)
+    ax.set_xticks(np.arange(len(spectra)), [f"layer {s.layer}" for s in spectra])
+    ax.set_ylabel(f"effective rank (‖λ‖₁/‖λ‖₂)²  (max {d})")
+    ax.set_title("Effective rank of Q(u_token) per layer")
+    ax.legend(title="output token", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- faithfulness
+
+
+def plot_rank_sweep(faith: LayerFaithfulness, h: int) -> Figure:
+    pts = faith.family("als")
+    r = [p.param for p in pts]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    a.plot(r, [p.rel_error for p in pts], "o-", label="‖B − B_r‖/‖B‖ (CP tensor)")
+    a.plot(r, [p.sym_rel_error for p in pts], "s--", label="‖B^S − B_r^S‖/‖B^S‖ (symmetric part)")
+    a.plot(r, [p.rel_output_error for p in pts], "^:", label="mean ‖ΔMLP‖ / mean ‖MLP‖ (on val)")
+    a.set_title(f"Layer {faith.layer}: CP-rank sweep (implicit ALS, layer rank h = {h})")
+    a.set_xlabel("CP rank r")
+    a.set_ylabel("relative error")
+    a.set_ylim(0, 1.05)
+    a.legend(fontsize=8)
+    b.plot(r, [p.kl for p in pts], "o-", color=POS_COLOR, label="KL(original ‖ rank-r MLP)")
+    b.errorbar(
+        r,
+        [p.kl_noise for p in pts],
+        yerr=[p.kl_noise_std for p in pts],
+        fmt="s--",
+        color="gray",
+        capsize=3,
+        label="noise floor (random Δ, same ‖Δ‖ per position)",
+    )
+    b.axhline(faith.kl_mean_ablation, color=NEG_COLOR, ls=":", label="mean-ablated MLP")
+    b.set_yscale("log")
+    b.set_title(f"Layer {faith.layer}: faithfulness of the rank-r MLP")
+    b.set_xlabel("CP rank r")
+    b.set_ylabel("mean KL per token (nats, log scale)")
+    b.legend(fontsize=8)
+    c.plot(r, [p.loss for p in pts], "o-", color=POS_COLOR, label="rank-r MLP in layer")
+    c.axhline(faith.base_loss, color="black", ls="--", label=f"original model ({faith.base_loss:.3f})")
+    c.set_title(f"Layer {faith.layer}: downstream validation loss")
+    c.set_xlabel("CP rank r")
+    c.set_ylabel("cross-entropy (nats/token)")
+    c.legend(fontsize=8)
+    for ax in (a, b, c):
+        ax.set_xscale("log", base=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_faithfulness_overview(faiths: Sequence[LayerFaithfulness]) -> Figure:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for f in faiths:
+        pts = f.family("als")
+        r = [p.param for p in pts]
+        (line,) = a.plot(r, [p.kl for p in pts], "o-", label=f"layer {f.layer}")
+        a.plot(r, [p.kl_noise for p in pts], "--", color=line.get_color(), alpha=0.6)
+        ratio = [p.kl / p.kl_noise if p.kl_noise > 0 else np.nan for p in pts]
+        b.plot(r, ratio, "o-", color=line.get_color(), label=f"layer {f.layer}")
+    a.set_yscale("log")
+    a.set_xscale("log", base=2)
+    a.set_title("KL of rank-r MLPs (solid) vs their noise floors (dashed)")
+    a.set_xlabel("CP rank r")
+    a.set_ylabel("mean KL per token (nats, log scale)")
+    a.legend(fontsize=8)
+    b.axhline(1, color="black", lw=0.8, ls="--", label="= noise floor")
+    b.set_xscale("log", base=2)
+    b.set_yscale("log")
+    b.set_title("KL relative to the noise floor (< 1: errors the network ignores)")
+    b.set_xlabel("CP rank r")
+    b.set_ylabel("KL / noise-floor KL (log scale)")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- logit lens
+
+
+def plot_logit_lens(lens: LogitLens) -> Figure:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1, 1.4]})
+    x = np.arange(len(lens.labels))
+    a.plot(x, lens.loss.numpy(), "o-", color=POS_COLOR, label="cross-entropy vs next token")
+    a.plot(x, lens.kl_to_final.numpy(), "s--", color=NEG_COLOR, label="KL(model ‖ lens)")
+    a.set_xticks(x, lens.labels, rotation=45, ha="right")
+    a.set_xlabel("residual stream after (block, sublayer)")
+    a.set_ylabel("nats per token")
+    a.set_title("Logit lens: loss of the residual stream read through the unembedding")
+    a.legend(fontsize=8)
+    T = lens.loss_by_position.shape[1]
+    edges = (
+        [0, 1, 2] + [2**e for e in range(2, 16) if 2**e < T] + [T]
+    )  # 0, 1, 2-3, 4-7, …: log-spaced buckets
+    data = np.stack(
+        [lens.loss_by_position[:, a:b].mean(1).numpy() for a, b in zip(edges, edges[1:], strict=False)], 1
+    )
+    names = [str(a) if b - a == 1 else f"{a}–{b - 1}" for a, b in zip(edges, edges[1:], strict=False)]
+    im = b.imshow(data, aspect="auto", cmap="viridis_r", interpolation="nearest")
+    lo, hi = float(data.min()), float(data.max())
+    for j in range(data.shape[0]):
+        for t in range(data.shape[1]):
+            dark = (data[j, t] - lo) > 0.5 * (hi - lo)  # viridis_r: high values are dark
+            b.text(
+                t,
+                j,
+                f"{data[j, t]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
+    b.set_xticks(np.arange(len(names)), names)
+    b.set_yticks(x, lens.labels)
+    b.set_xlabel("position in the sequence (buckets)")
+    b.set_ylabel("residual stream after")
+    b.set_title("Logit-lens cross-entropy by layer and position (mean over sequences)")
+    b.grid(False)
+    fig.colorbar(im, ax=b, label="cross-entropy (nats)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_logit_lens_example(lens: LogitLens, token_text: TokenText, n_positions: int = 16) -> Figure:
+    T = min(n_positions, lens.top1.shape[1])
+    n = len(lens.labels)
+    fig, ax = plt.subplots(figsize=(0.85 * T + 2.5, 0.45 * n + 2.4))
+    im = ax.imshow(lens.p_true[:, :T].numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1)
+    for j in range(n):
+        for t in range(T):
+            p = float(lens.p_true[j, t])
+            label = token_text.label(int(lens.top1[j, t]))
+            ax.text(
+                t,
+                j,
+                _clip(label),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if p > 0.6 else "black",
+            )
+    ax.set_xticks(
+        np.arange(T), [_clip(token_text.label(int(i))) for i in lens.example_x[:T]], rotation=45, ha="right"
+    )
+    ax.set_yticks(np.arange(n), lens.labels)
+    ax.set_xlabel("input token at each position (the true next token is the one to its right)")
+    ax.set_ylabel("residual stream after")
+    ax.set_title(
+        "Logit lens on one validation sequence: cell text = top-1 prediction, colour = p(true next token)"
+    )
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label="probability of the true next token", fraction=0.03, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+def _clip(label: str, width: int = 11) -> str:
+    return label if len(label) <= width else label[: width - 2] + "…'"
+
+
+# ---------------------------------------------------------------- steering
+
+
+def plot_steering(curve: SteeringCurve) -> Figure:
+    al = curve.alphas.numpy()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    a.loglog(al, curve.measured_pos.numpy(), "o-", color=POS_COLOR, label="measured, +α")
+    a.loglog(al, curve.measured_neg.numpy(), "o-", color=NEG_COLOR, label="measured, −α")
+    a.loglog(al, curve.predicted_pos.numpy(), "--", color=POS_COLOR, label="no-norm prediction, +α")
+    a.loglog(al, curve.predicted_neg.numpy(), "--", color=NEG_COLOR, label="no-norm prediction, −α")
+    a.axhline(curve.saturation, color="black", ls=":", label="limit ‖B(ŝ,ŝ) − MLP(z)‖ (|α| → ∞)")
+    a.set_xlabel("|α|  (steering vector s added at resid_mid; α = 1: rms(αs) = mean rms of the residual)")
+    a.set_ylabel("mean ‖ΔMLP‖ per position")
+    a.set_title(f"Layer {curve.layer}: MLP output change under steering")
+    a.legend(fontsize=8)
+    b.loglog(al, curve.odd_measured.numpy(), "o-", color="#6b46c1", label="odd part, measured")
+    b.loglog(al, curve.odd_predicted.numpy(), "--", color="#6b46c1", label="odd part, prediction 2α·M_s z")
+    b.loglog(al, curve.even_measured.numpy(), "o-", color="#2f855a", label="even part, measured")
+    b.loglog(al, curve.even_predicted.numpy(), "--", color="#2f855a", label="even part, prediction α²·B(s,s)")
+    b.set_xlabel("|α|")
+    b.set_ylabel("mean norm")
+    b.set_title("Sign loss: odd part ½‖Δ(α) − Δ(−α)‖ vanishes, even part saturates")
+    b.legend(fontsize=8)
+    fig.suptitle(curve.description, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- diffing
+
+
+def plot_weight_diff_overview(diffs: Sequence[LayerWeightDiff]) -> Figure:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    layers = [d.layer for d in diffs]
+    a.bar(np.arange(len(diffs)), [d.relative_change for d in diffs], color=POS_COLOR)
+    a.set_xticks(np.arange(len(diffs)), [f"layer {i}" for i in layers])
+    a.set_ylabel("‖B_ft − B_base‖ / ‖B_base‖")
+    a.set_title("Relative change of each MLP tensor")
+    for d in diffs:
+        if d.rank_errors:
+            r, e = zip(*d.rank_errors, strict=True)
+            b.plot(r, e, "o-", label=f"layer {d.layer}")
+    b.set_xscale("log", base=2)
+    b.set_ylim(0, 1.05)
+    b.set_xlabel("CP rank r of the compressed difference")
+    b.set_ylabel("relative error ‖D − D_r‖/‖D‖")
+    b.set_title("How low-rank is the weight difference D = B_ft − B_base?")
+    if any(d.rank_errors for d in diffs):
+        b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_diff_components(diff: LayerWeightDiff, n_tokens: int = 5) -> Figure:
+    comps = diff.components
+    fig, axes = plt.subplots(len(comps), 3, figsize=(13, 2.9 * len(comps)), squeeze=False)
+    for r, comp in enumerate(comps):
+        head = f"term {r + 1} (‖·‖ = {comp.magnitude:.3g})"
+        token_bars(axes[r, 0], comp.output, n_tokens, f"{head}: output W_U·a", "logit score")
+        for m, tops in enumerate(comp.inputs[:2]):
+            token_bars(
+                axes[r, m + 1], tops, n_tokens, f"{head}: input mode {m + 1}", "input score ê·b, ê = e/rms(e)"
+            )
+    fig.suptitle(
+        f"Layer {diff.layer}: largest terms of the rank-{diff.rank} CP of B_ft − B_base "
+        f"(rel. error {diff.rel_error:.2f}); signs of a term's factors are defined only jointly",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def plot_activation_diff(ad: ActivationDiff) -> Figure:
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    a, b, c, d = axes.ravel()
+    P = ad.diff_norm.shape[1]
+    pos = np.arange(P)
+    chosen = [j for j, label in enumerate(ad.labels) if label == "embed" or label.endswith("mlp")]
+    for j in chosen:
+        (line,) = a.semilogy(pos, ad.diff_norm[j].numpy(), "o-", ms=3, label=f"after {ad.labels[j]}")
+        b.plot(
+            pos, ad.cos_to_mean[j].numpy(), "o-", ms=3, color=line.get_color(), label=f"after {ad.labels[j]}"
+        )
+    a.set_xlabel("position in the sequence")
+    a.set_ylabel("‖δ_p‖ = ‖mean(h_ft − h_base)‖ (log scale)")
+    a.set_title("Mean residual difference by position (first position: attention sink)")
+    a.legend(fontsize=7)
+    b.set_xlabel("position in the sequence")
+    b.set_ylabel("cosine(δ_p, mean of δ over p ≥ 1)")
+    b.set_ylim(-1.05, 1.05)
+    b.set_title("Is the difference the same direction at every position?")
+    b.legend(fontsize=7)
+    n = len(ad.pca_explained)
+    c.bar(np.arange(1, n + 1), ad.pca_explained.numpy(), color=POS_COLOR)
+    c.set_xlabel("principal direction")
+    c.set_ylabel("fraction of ‖h_ft − h_base‖² (positions ≥ 1)")
+    c.set_title(f"PCA of per-sequence differences after {ad.pca_point}")
+    d.plot(pos, ad.kl_by_position.numpy(), "o-", color=NEG_COLOR)
+    d.set_xlabel("position in the sequence")
+    d.set_ylabel("mean KL(base ‖ fine-tuned) (nats)")
+    d.set_title("Output difference by position")
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_readouts(
+    items: Sequence[tuple[str, TopTokens]], xlabel: str, suptitle: str, n_tokens: int = 6
+) -> Figure:
+    cols = min(3, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.1 * rows), squeeze=False)
+    for ax, (title, top) in zip(axes.ravel(), items, strict=False):
+        token_bars(ax, top, n_tokens, title, xlabel)
+    for ax in axes.ravel()[len(items) :]:
+        ax.axis("off")
+    fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,121 @@
+"""Token ids as readable text: model ids -> GPT-2 ids -> decoded strings, escaped for display.
+
+A checkpoint's model ids map to GPT-2 ids through its `CompactVocab`; text comes from the offline GPT-2 BPE
+(`data.tokenizer.get_encoding`). Display strings escape newlines, tabs and other control characters
+('\\n', '\\t', '\\x0b') so a token never breaks a plot label or a table row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from analysis.errors import AnalysisError
+from data.tokenizer import get_encoding
+from data.vocab import CompactVocab
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def display_text(text: str) -> str:
+    """Escape control characters and backslashes so `text` shows on one line, e.g. ' the\\n' -> ' the\\\\n'."""
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_text(text: str) -> str:
+    """Undo `display_text` for the escapes a user types on a command line: \\n, \\r, \\t, \\\\, \\xNN."""
+    out, i = [], 0
+    simple = {v[1]: k for k, v in _ESCAPES.items()}
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in simple:
+                out.append(simple[nxt])
+                i += 2
+                continue
+            if nxt == "x" and i + 3 < len(text) and _is_hex(text[i + 2 : i + 4]):
+                out.append(chr(int(text[i + 2 : i + 4], 16)))
+                i += 4
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) == 2 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+@dataclass
+class TokenText:
+    """Decodes a model's token ids. ``label(i)`` is the escaped text in quotes, e.g. "' the'" or "'\\n'"."""
+
+    vocab: CompactVocab
+    n_rows: int  # embedding rows of the model; ids past the vocabulary are untrained padding
+    _cache: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.encoding = get_encoding()
+
+    def text(self, model_id: int) -> str:
+        """The decoded (unescaped) text of one model id."""
+        model_id = int(model_id)
+        if model_id not in self._cache:
+            if self.vocab.token_ids is not None and model_id >= self.vocab.size:
+                self._cache[model_id] = f"<pad {model_id}>"
+            else:
+                gpt2 = int(self.vocab.decode_tensor(torch.tensor([model_id]))[0])
+                self._cache[model_id] = self.encoding.decode([gpt2])
+        return self._cache[model_id]
+
+    def display(self, model_id: int) -> str:
+        """Escaped text of one model id (no quotes)."""
+        return display_text(self.text(model_id))
+
+    def label(self, model_id: int) -> str:
+        """Escaped text in single quotes, so leading spaces are visible: "' the'"."""
+        return f"'{self.display(model_id)}'"
+
+    def decode(self, model_ids: Iterable[int]) -> str:
+        """The decoded text of a sequence of model ids (unescaped)."""
+        ids = torch.as_tensor(list(model_ids), dtype=torch.long)
+        if ids.numel() == 0:
+            return ""
+        ids = ids.clamp(max=self.n_rows - 1)
+        return self.encoding.decode(self.vocab.decode_tensor(ids).tolist())
+
+    def encode_single(self, text: str) -> int:
+        """The model id of `text`, which must be exactly one GPT-2 token present in the vocabulary."""
+        gpt2 = self.encoding.encode(text, allowed_special="all")
+        if len(gpt2) != 1:
+            pieces = ", ".join(repr(self.encoding.decode([t])) for t in gpt2)
+            raise AnalysisError(
+                f"token text {display_text(text)!r} is {len(gpt2)} GPT-2 tokens ({pieces}), not one; "
+                "pass the text of a single token, e.g. ' the' with its leading space"
+            )
+        if gpt2[0] not in self.vocab:
+            raise AnalysisError(
+                f"token {display_text(text)!r} (GPT-2 id {gpt2[0]}) is not in this model's vocabulary"
+            )
+        model_id = int(self.vocab.encode_tensor(torch.tensor(gpt2))[0])
+        if model_id >= self.n_rows:
+            raise AnalysisError(
+                f"token {display_text(text)!r} has model id {model_id} ≥ {self.n_rows} embedding rows"
+            )
+        return model_id
+
+
+def parse_token_texts(texts: Sequence[str], token_text: TokenText) -> list[int]:
+    """Model ids of user-given token texts (command-line escapes \\n, \\t, \\xNN understood)."""
+    return [token_text.encode_single(unescape_text(t)) for t in texts]
