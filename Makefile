@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo diff-demo test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ demo: $(STAMP)
 	$(BIN)/python -m data shakespeare --out runs/data/shakespeare
 	$(BIN)/python train.py --preset cpu-demo --run-name demo
 	$(BIN)/python -m analysis runs/demo --out runs/demo/report
+
+# Model diffing end to end on shipped data: finetune the demo model on the comedies only, then compare the two
+# checkpoints by weights (CP of each layer's difference) and by activations (mean difference, PCA, logit lens).
+# Gentle learning rates: a short finetune should edit the model, not rewrite it. Needs `make demo` first.
+diff-demo: $(STAMP)
+	test -f runs/demo/LATEST || { echo "run 'make demo' first: diff-demo finetunes runs/demo"; exit 1; }
+	$(BIN)/python -m analysis.comedies --out runs/data/comedies
+	$(BIN)/python train.py --init-from runs/demo --run-name comedies --train-files 'runs/data/comedies/comedies_train_*.bin' \
+		--steps 60 --muon-lr 0.003 --embed-lr 0.01 --head-lr 0.0004 --scalar-lr 0.002 --no-bigram-baseline
+	$(BIN)/python -m analysis.diff runs/demo runs/comedies --out runs/comedies/diff
 
 test: $(STAMP)
 	$(BIN)/ruff check .
