@@ -288,7 +288,10 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp, extra_config={"train": dataclasses.asdict(cfg), **extra})
     torch.save([opt.state_dict() for opt in optimizers], tmp / "optimizer.pt")
-    save_tensors(tmp / "rng.safetensors", {"torch": torch.get_rng_state()})
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_tensors(tmp / "rng.safetensors", rng)
     atomic_write_json(tmp / "state.json", state)
     aside = run_dir / f".{name}.old"
     if final.exists():  # keep the old folder until the new one is in place
@@ -323,7 +326,10 @@ def load_training_state(ckpt: Path, optimizers) -> dict:
             opt.load_state_dict(s)
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from e
-    torch.set_rng_state(load_tensors(ckpt / "rng.safetensors")["torch"])
+    rng = load_tensors(ckpt / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return state
 
 
@@ -574,6 +580,8 @@ def main(argv: list[str] | None = None) -> dict:
     bytes_per_token = val_bytes_per_token(val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, world)
     history: dict = {"train_loss": [], "val": []}
     last_val, n_val = float("nan"), 0
+    budget_ms, mark_ms = 1000 * cfg.max_train_seconds, 0.0
+    calibrating = bool(cfg.max_train_seconds) and step == 0
     stop_signal: list[int] = []
     handlers = {
         sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum)) for sig in STOP_SIGNALS
@@ -608,13 +616,16 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             history["train_loss"].append(loss.item())
             elapsed_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
-            if cfg.max_train_seconds and step == CALIBRATION_STEPS and total_steps == cfg.steps:
-                # A wall-clock budget becomes a step count once, so the schedule (and a resume) is deterministic.
-                fit = int(cfg.max_train_seconds * 1000 / (elapsed_ms / step))
+            if calibrating and step == CALIBRATION_SKIP:
+                mark_ms = elapsed_ms
+            if calibrating and step >= CALIBRATION_SKIP + CALIBRATION_STEPS and elapsed_ms >= 0.1 * budget_ms:
+                # The wall-clock budget becomes a step count once (timed after the first, slower steps), so the
+                # schedule, and a resume, are deterministic from here on.
+                calibrating = False
+                ms_per_step = (elapsed_ms - mark_ms) / (step - CALIBRATION_SKIP)
+                fit = step + int((budget_ms - elapsed_ms) / ms_per_step)
                 total_steps = agree(max(min(cfg.steps, fit), step), device, world, dist.ReduceOp.MIN)
-                log(
-                    f"budget {cfg.max_train_seconds:.0f}s at {elapsed_ms / step:.0f}ms/step: {total_steps} steps"
-                )
+                log(f"budget {cfg.max_train_seconds:.0f}s at {ms_per_step:.0f}ms/step: {total_steps} steps")
             if cfg.train_log_every and step % cfg.train_log_every == 0:
                 log(f"step:{step}/{total_steps} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms")
             stop = agree(int(bool(stop_signal)), device, world, dist.ReduceOp.MAX)  # all ranks stop together
@@ -653,7 +664,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-CALIBRATION_STEPS = 10  # timed steps measured before a --max-train-seconds budget is turned into steps
+# A --max-train-seconds budget is turned into a step count from the time per step measured over at least
+# CALIBRATION_STEPS steps (and 10% of the budget), after skipping the first CALIBRATION_SKIP steps.
+CALIBRATION_SKIP, CALIBRATION_STEPS = 3, 10
 
 
 def agree(value: int, device: torch.device, world: int, op) -> int:

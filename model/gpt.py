@@ -161,9 +161,9 @@ class GPT(HookedRootModule):
         self.config = cfg
         L = cfg.n_layer
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        # Value embeddings: table j serves layer j and layer L-1-j (the first and last few layers).
+        # Value embeddings, as in modded-nanoGPT: table j serves layer j and layer L - n + j (first and last n).
         n_ve = min(3, L // 2) if cfg.value_embeds else 0
-        self.ve_index = {**{L - 1 - j: j for j in range(n_ve)}, **{j: j for j in range(n_ve)}}
+        self.ve_index = {**{L - n_ve + j: j for j in range(n_ve)}, **{j: j for j in range(n_ve)}}
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.d_model) for _ in range(n_ve))
         self.blocks = nn.ModuleList(Block(cfg, i in self.ve_index) for i in range(L))
         self.skip_weights = nn.Parameter(torch.ones(L // 2)) if cfg.unet_skips else None
