@@ -582,6 +582,9 @@ def main(argv: list[str] | None = None) -> dict:
     last_val, n_val = float("nan"), 0
     budget_ms, mark_ms = 1000 * cfg.max_train_seconds, 0.0
     calibrating = bool(cfg.max_train_seconds) and step == 0
+    calibrate_at_ms = [0.1 * budget_ms] + (
+        [0.9 * (1 - cfg.cooldown_frac) * budget_ms] if cfg.cooldown_frac < 0.8 else []
+    )
     stop_signal: list[int] = []
     handlers = {
         sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum)) for sig in STOP_SIGNALS
@@ -618,10 +621,16 @@ def main(argv: list[str] | None = None) -> dict:
             elapsed_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
             if calibrating and step == CALIBRATION_SKIP:
                 mark_ms = elapsed_ms
-            if calibrating and step >= CALIBRATION_SKIP + CALIBRATION_STEPS and elapsed_ms >= 0.1 * budget_ms:
-                # The wall-clock budget becomes a step count once (timed after the first, slower steps), so the
-                # schedule, and a resume, are deterministic from here on.
-                calibrating = False
+            if (
+                calibrating
+                and step >= CALIBRATION_SKIP + CALIBRATION_STEPS
+                and elapsed_ms >= calibrate_at_ms[0]
+            ):
+                # The wall-clock budget becomes a step count (timed after the first, slower steps), measured again
+                # before the cool-down starts: the lr is constant until then, so the schedule is unchanged, and
+                # from the last calibration on the run (and a resume) is deterministic.
+                calibrate_at_ms.pop(0)
+                calibrating = bool(calibrate_at_ms)
                 ms_per_step = (elapsed_ms - mark_ms) / (step - CALIBRATION_SKIP)
                 fit = step + int((budget_ms - elapsed_ms) / ms_per_step)
                 total_steps = agree(max(min(cfg.steps, fit), step), device, world, dist.ReduceOp.MIN)
@@ -665,7 +674,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # A --max-train-seconds budget is turned into a step count from the time per step measured over at least
-# CALIBRATION_STEPS steps (and 10% of the budget), after skipping the first CALIBRATION_SKIP steps.
+# CALIBRATION_STEPS steps and 10% of the budget, after skipping the first CALIBRATION_SKIP steps; it is measured
+# again at 90% of the stable phase, before the cool-down.
 CALIBRATION_SKIP, CALIBRATION_STEPS = 3, 10
 
 
