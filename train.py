@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import glob
 import json
@@ -539,8 +540,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Untimed warm-up (compilation, allocator), then restore the initial state so it leaves no trace.
     if cfg.untimed_warmup_steps > 0:
         initial = {
-            "model": {k: v.clone() for k, v in model.state_dict().items()},
-            "opt": [json_clone(o.state_dict()) for o in optimizers],
+            "model": copy.deepcopy(model.state_dict()),
+            "opt": [copy.deepcopy(o.state_dict()) for o in optimizers],
             "loader": loader.state_dict(),
         }
         for s in range(cfg.untimed_warmup_steps):
@@ -691,17 +692,6 @@ def agree(value: int, device: torch.device, world: int, op) -> int:
 def explicit_flags(argv: list[str] | None) -> set[str]:
     """Names of the TrainConfig fields given on the command line."""
     return {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-
-
-def json_clone(obj):
-    """Deep copy of an optimizer state dict (tensors cloned)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: json_clone(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(json_clone(v) for v in obj)
-    return obj
 
 
 def sync(device: torch.device) -> None:

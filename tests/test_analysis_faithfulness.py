@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from toy_models import random_gpt
 
 from analysis.faithfulness import (
     ReferenceLogits,
@@ -17,21 +18,6 @@ from analysis.faithfulness import (
 )
 from analysis.valdata import ValTokens
 from decomp import cp_apply, cp_to_dense, symmetric_cp
-from model import GPT, GPTConfig
-
-
-def random_gpt(seed=0, **kw):
-    """A small GPT with its zero-initialised output projections randomised and random norm gains."""
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=64, n_layer=2, n_head=2, d_model=16, mlp="bilinear", mlp_hidden=8, norm_gain=True)
-    model = GPT(GPTConfig(**{**cfg, **kw})).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("c_proj.weight") or name == "lm_head.weight":
-                p.normal_(0, 0.5)
-            elif name.endswith(".weight") and p.ndim == 1:
-                p.uniform_(0.5, 1.5)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,12 @@
 """analysis.steering (prediction from weights vs the MLP) and analysis.logit_lens on small random GPTs."""
 
 import torch
+from toy_models import random_gpt
 
 from analysis.faithfulness import layer_cp
 from analysis.logit_lens import lens_logits, lens_points, logit_lens
 from analysis.steering import steering_prediction, steering_sweep
 from analysis.valdata import ValTokens
-from model import GPT, GPTConfig
-
-
-def random_gpt(seed=0, dtype=torch.float32, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=64, n_layer=2, n_head=2, d_model=16, mlp="bilinear", mlp_hidden=8, norm_gain=True)
-    model = GPT(GPTConfig(**{**cfg, **kw})).to(dtype).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("c_proj.weight") or name == "lm_head.weight":
-                p.normal_(0, 0.5)
-            elif name.endswith(".weight") and p.ndim == 1:
-                p.uniform_(0.5, 1.5)
-    return model
 
 
 def test_steering_prediction_equals_the_mlp_change_without_a_norm():
