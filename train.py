@@ -38,6 +38,7 @@ from data.shards import read_shard
 from data.vocab import CompactVocab, VocabError
 from model import GPT, ConfigError, GPTConfig, load_model
 from model.io import (
+    LATEST,
     CheckpointError,
     atomic_write_json,
     load_tensors,
@@ -272,8 +273,6 @@ def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
 
 
 # ------------------------------------------------------------------ checkpoints
-
-LATEST = "LATEST"
 
 
 def save_checkpoint(

@@ -14,27 +14,18 @@ from pathlib import Path
 from analysis.errors import AnalysisError
 from data.vocab import CompactVocab, VocabError
 from model import GPT, CheckpointError, load_model
+from model import io as model_io
 from model.io import CONFIG_FILE, read_json
 
-LATEST = "LATEST"
 DEFAULT_SEQ_LEN = 128
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (its LATEST names the checkpoint) or a checkpoint folder -> the checkpoint folder."""
-    p = Path(path)
-    if not p.exists():
-        raise AnalysisError(f"{p}: no such file or folder (expected a run folder or a checkpoint folder)")
-    if (p / LATEST).is_file():
-        name = (p / LATEST).read_text().strip()
-        if not name or not (p / name).is_dir():
-            raise AnalysisError(f"{p / LATEST} names {name!r}, which is not a checkpoint folder in {p}")
-        p = p / name
-    if not (p / CONFIG_FILE).is_file():
-        raise AnalysisError(
-            f"{p}: not a checkpoint (expected a LATEST file or {CONFIG_FILE} + model.safetensors)"
-        )
-    return p
+    """``model.io.resolve_checkpoint`` with its errors as AnalysisError."""
+    try:
+        return model_io.resolve_checkpoint(path)
+    except CheckpointError as e:
+        raise AnalysisError(str(e)) from e
 
 
 @dataclass

@@ -103,18 +103,7 @@ def plot_truncation(spec: LayerSpectra, faith: LayerFaithfulness | None) -> Figu
     pts = faith.family("truncation") if faith else []
     if pts:
         k = [p.param for p in pts]
-        b.plot(k, [p.kl for p in pts], "o-", color=POS_COLOR, label="KL(original ‖ top-k MLP)")
-        b.errorbar(
-            k,
-            [p.kl_noise for p in pts],
-            yerr=[p.kl_noise_std for p in pts],
-            fmt="s--",
-            color="gray",
-            capsize=3,
-            label="noise floor (random Δ of equal norm)",
-        )
-        b.axhline(faith.kl_mean_ablation, color=NEG_COLOR, ls=":", label="mean-ablated MLP")
-        b.set_yscale("log")
+        plot_kl_against_noise_floor(b, k, pts, faith, "KL(original ‖ top-k MLP)")
         b.set_xscale("log", base=2)
         b.set_title(f"Layer {spec.layer}: whole-MLP top-k truncation (per output direction of P)")
         b.set_xlabel("k = eigencomponents kept per output direction")
@@ -178,6 +167,22 @@ def plot_effective_ranks(spectra: Sequence[LayerSpectra], d: int) -> Figure:
 # ---------------------------------------------------------------- faithfulness
 
 
+def plot_kl_against_noise_floor(ax, x: list, pts: list, faith: LayerFaithfulness, label: str) -> None:
+    """KL of the replacements, the noise floor (mean ± std over seeds) and the mean-ablation ceiling; log y."""
+    ax.plot(x, [p.kl for p in pts], "o-", color=POS_COLOR, label=label)
+    ax.errorbar(
+        x,
+        [p.kl_noise for p in pts],
+        yerr=[p.kl_noise_std for p in pts],
+        fmt="s--",
+        color="gray",
+        capsize=3,
+        label="noise floor (random Δ, same ‖Δ‖ per position)",
+    )
+    ax.axhline(faith.kl_mean_ablation, color=NEG_COLOR, ls=":", label="mean-ablated MLP")
+    ax.set_yscale("log")
+
+
 def plot_rank_sweep(faith: LayerFaithfulness, h: int) -> Figure:
     pts = faith.family("als")
     r = [p.param for p in pts]
@@ -190,18 +195,7 @@ def plot_rank_sweep(faith: LayerFaithfulness, h: int) -> Figure:
     a.set_ylabel("relative error")
     a.set_ylim(0, 1.05)
     a.legend(fontsize=8)
-    b.plot(r, [p.kl for p in pts], "o-", color=POS_COLOR, label="KL(original ‖ rank-r MLP)")
-    b.errorbar(
-        r,
-        [p.kl_noise for p in pts],
-        yerr=[p.kl_noise_std for p in pts],
-        fmt="s--",
-        color="gray",
-        capsize=3,
-        label="noise floor (random Δ, same ‖Δ‖ per position)",
-    )
-    b.axhline(faith.kl_mean_ablation, color=NEG_COLOR, ls=":", label="mean-ablated MLP")
-    b.set_yscale("log")
+    plot_kl_against_noise_floor(b, r, pts, faith, "KL(original ‖ rank-r MLP)")
     b.set_title(f"Layer {faith.layer}: faithfulness of the rank-r MLP")
     b.set_xlabel("CP rank r")
     b.set_ylabel("mean KL per token (nats, log scale)")

@@ -18,6 +18,7 @@ from .gpt import GPT
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+LATEST = "LATEST"  # in a run folder: the name of its newest checkpoint folder
 
 
 class CheckpointError(ValueError):
@@ -84,12 +85,19 @@ def save_model(model: GPT, directory: str | Path, extra_config: dict | None = No
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (follows its LATEST file) or a checkpoint folder -> the checkpoint folder."""
+    """A run folder (its LATEST file names the checkpoint) or a checkpoint folder -> the checkpoint folder."""
     p = Path(path)
-    if (p / "LATEST").is_file():
-        p = p / (p / "LATEST").read_text().strip()
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file or folder (expected a run folder or a checkpoint folder)")
+    if (p / LATEST).is_file():
+        name = (p / LATEST).read_text().strip()
+        if not name or not (p / name).is_dir():
+            raise CheckpointError(f"{p / LATEST} names {name!r}, which is not a checkpoint folder in {p}")
+        p = p / name
     if not (p / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{path}: no checkpoint here (expected LATEST or {CONFIG_FILE})")
+        raise CheckpointError(
+            f"{p}: no checkpoint here, not a checkpoint folder (expected a {LATEST} file or {CONFIG_FILE})"
+        )
     return p
 
 
