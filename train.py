@@ -20,7 +20,6 @@ import glob
 import json
 import os
 import platform
-import shutil
 import signal
 import sys
 import time
@@ -37,17 +36,9 @@ from data.loader import DistributedLoader, TokenDataset, bits_per_byte, iter_val
 from data.shards import read_shard
 from data.vocab import CompactVocab, VocabError
 from model import GPT, ConfigError, GPTConfig, load_model
-from model.io import (
-    LATEST,
-    CheckpointError,
-    atomic_write_json,
-    load_tensors,
-    read_json,
-    resolve_checkpoint,
-    save_model,
-    save_tensors,
-)
+from model.io import LATEST, CheckpointError, read_json, resolve_checkpoint
 from sample import sample
+from training.checkpoint import load_training_state, save_checkpoint
 
 # ------------------------------------------------------------------ configuration
 
@@ -270,67 +261,6 @@ def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
     if progress < 1 - cfg.cooldown_frac:
         return 1.0
     return 0.1 + 0.9 * max((1 - progress) / cfg.cooldown_frac, 0.0)
-
-
-# ------------------------------------------------------------------ checkpoints
-
-
-def save_checkpoint(
-    run_dir: Path, model: GPT, optimizers, state: dict, cfg: TrainConfig, extra: dict
-) -> Path:
-    """Write ``run_dir/ckpt_{step}`` (weights, config, optimizer, loader + RNG state) and point LATEST at it.
-
-    The folder is assembled under a temporary name and renamed when complete; LATEST is replaced atomically
-    afterwards, so an interrupted save leaves the previous checkpoint as the latest.
-    """
-    name = f"ckpt_{state['step']:06d}"
-    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, extra_config={"train": dataclasses.asdict(cfg), **extra})
-    torch.save([opt.state_dict() for opt in optimizers], tmp / "optimizer.pt")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_tensors(tmp / "rng.safetensors", rng)
-    atomic_write_json(tmp / "state.json", state)
-    aside = run_dir / f".{name}.old"
-    if final.exists():  # keep the old folder until the new one is in place
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    shutil.rmtree(aside, ignore_errors=True)
-    (run_dir / f".{LATEST}.tmp").write_text(name + "\n")
-    os.replace(run_dir / f".{LATEST}.tmp", run_dir / LATEST)
-    old = sorted(p for p in run_dir.glob("ckpt_*") if p.is_dir() and p != final)
-    for p in old[: max(len(old) - (cfg.keep_checkpoints - 1), 0)]:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
-
-
-def load_training_state(ckpt: Path, optimizers) -> dict:
-    state = read_json(ckpt / "state.json")
-    for key in ("step", "train_time_ms", "loader"):
-        if key not in state:
-            raise CheckpointError(f"{ckpt / 'state.json'}: missing field {key!r}")
-    path = ckpt / "optimizer.pt"
-    try:  # weights_only: plain tensors and containers, never arbitrary objects
-        opt_states = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: file not found") from e
-    except Exception as e:
-        raise CheckpointError(f"{path}: unreadable optimizer state ({e})") from e
-    if not isinstance(opt_states, list) or len(opt_states) != len(optimizers):
-        raise CheckpointError(f"{path}: expected {len(optimizers)} optimizer states")
-    for opt, s in zip(optimizers, opt_states, strict=True):
-        try:
-            opt.load_state_dict(s)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from e
-    rng = load_tensors(ckpt / "rng.safetensors")
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    return state
 
 
 # ------------------------------------------------------------------ evaluation
@@ -575,7 +505,14 @@ def main(argv: list[str] | None = None) -> dict:
             "loader": loader.state_dict(),
             "world_size": world,
         }
-        return save_checkpoint(run_dir, model, optimizers, state, cfg, extra)
+        return save_checkpoint(
+            run_dir,
+            model,
+            optimizers,
+            state,
+            {"train": dataclasses.asdict(cfg), **extra},
+            cfg.keep_checkpoints,
+        )
 
     bytes_per_token = val_bytes_per_token(val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, world)
     history: dict = {"train_loss": [], "val": []}
