@@ -6,8 +6,10 @@
     python train.py --resume runs/demo               # continue from the latest checkpoint in a run directory
     python train.py --help                           # every flag
 
-Reads top to bottom: configuration and presets, optimizers and schedule, checkpoints, evaluation, then ``main``:
-set-up, an untimed warm-up followed by a state reset, and the timed loop with the clock paused for validation.
+Reads top to bottom: configuration and presets; set-up helpers (data, vocabulary, optimizers, schedule); the
+``Trainer`` (``train_step``, ``validate``, ``maybe_save``, and ``fit``, the timed loop with the clock paused for
+validation); then ``main``: set-up, an untimed warm-up followed by a state reset, ``fit`` and the final report.
+The parts live in ``training/``: checkpoints, the step budget and stopwatch, ranks and collectives, the run log.
 """
 
 from __future__ import annotations
@@ -17,12 +19,9 @@ import contextlib
 import copy
 import dataclasses
 import glob
-import json
-import os
-import platform
 import signal
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,20 @@ from data.vocab import CompactVocab, VocabError
 from model import GPT, ConfigError, GPTConfig, load_model
 from model.io import LATEST, CheckpointError, read_json, resolve_checkpoint
 from sample import sample
+from training.budget import CALIBRATION_SKIP, CALIBRATION_STEPS, StepBudget, Stopwatch
 from training.checkpoint import load_training_state, save_checkpoint
+from training.distributed import Dist, setup_distributed
+from training.runlog import RunLog
+
+__all__ = [
+    "CALIBRATION_SKIP",
+    "CALIBRATION_STEPS",
+    "PRESETS",
+    "TrainConfig",
+    "Trainer",
+    "main",
+    "parse_config",
+]
 
 # ------------------------------------------------------------------ configuration
 
@@ -204,11 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Flags override the preset, which overrides the dataclass defaults.
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
+    """The run's settings and the names of the fields given on the command line.
 
-    With ``--resume``, the resumed run's saved settings replace preset and defaults, so only the flags given
-    now change anything (e.g. a larger ``--steps``); the run continues in its own folder.
+    Flags override the preset, which overrides the dataclass defaults. With ``--resume``, the resumed run's saved
+    settings replace preset and defaults, so only the flags given now change anything (e.g. a larger ``--steps``);
+    the run continues in its own folder.
     """
     args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     if "adam_betas" in args:
@@ -219,14 +232,47 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
             raise CheckpointError(f"{args['resume']}: config.json has no 'train' settings to resume with")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = {k: tuple(v) if k == "adam_betas" else v for k, v in saved.items() if k in known}
-        return TrainConfig(**{**saved, **args})
+        return TrainConfig(**{**saved, **args}), set(args)
     preset = args.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
         raise SystemExit(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    return TrainConfig(**{**PRESETS[preset], **args, "preset": preset})
+    return TrainConfig(**{**PRESETS[preset], **args, "preset": preset}), set(args)
 
 
-# ------------------------------------------------------------------ optimizers and schedule
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    return parse_args(argv)[0]
+
+
+# ------------------------------------------------------------------ set-up: data, vocabulary, optimizers, schedule
+
+
+def files_of(pattern: str, what: str) -> list[str]:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise SystemExit(
+            f"no {what} shards match {pattern!r}; for the demo corpus run: python -m data shakespeare "
+            f"--out runs/data/shakespeare (or pass --{what}-files)"
+        )
+    return files
+
+
+def load_vocab(cfg: TrainConfig, source: Path | None, files: list[str]) -> CompactVocab:
+    """Full GPT-2, or compact (the ids present in the shards, renumbered) for CPU speed; a checkpoint's own."""
+    if source is not None:
+        vocab = CompactVocab.from_config(read_json(source / "config.json"))
+        vocab.check_covers(files, source=f"the vocabulary of {source}")
+        return vocab
+    return CompactVocab.from_shards(files) if cfg.vocab == "compact" else CompactVocab.full()
+
+
+def build_model(cfg: TrainConfig, vocab: CompactVocab, source: Path | None, finetune: bool) -> GPT:
+    mcfg = cfg.model_config(vocab.model_vocab_size)
+    torch.manual_seed(cfg.seed)
+    model = GPT(mcfg) if source is None else load_model(source)
+    if finetune and model.config != mcfg:
+        print(f"--init-from: using the architecture of {source} ({model.config.mlp})")
+    model.config.check_vocab(vocab.size - 1, source=f"the {vocab.size}-token vocabulary")
+    return model
 
 
 def build_optimizers(model: GPT, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -263,25 +309,236 @@ def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
     return 0.1 + 0.9 * max((1 - progress) / cfg.cooldown_frac, 0.0)
 
 
-# ------------------------------------------------------------------ evaluation
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def evaluate(model, val_files, cfg, vocab, device, rank, world) -> tuple[float, int]:
-    """Mean next-token loss (nats) over the validation budget, reduced over ranks; and the token count."""
-    model.eval()
-    total, count = torch.zeros(2, dtype=torch.float64, device=device), 0
-    for x, y in iter_val_batches(val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, rank, world):
-        x, y = vocab.encode_tensor(x).to(device), vocab.encode_tensor(y).to(device)
-        with autocast(device):
-            loss = model(x, y)
-        total[0] += loss.double() * y.numel()
-        total[1] += y.numel()
-        count += y.numel()
-    if world > 1:
-        dist.all_reduce(total)
-    model.train()
-    return (total[0] / total[1]).item(), int(total[1].item())
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def catch_stop_signals() -> Iterator[list[int]]:
+    """Record SIGINT/SIGTERM in the yielded list instead of dying, so the loop can save and stop cleanly."""
+    caught: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield caught
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    """One run: the model, its optimizers and data, and where it stands (``step``, ``budget``, ``clock``).
+
+    ``train_step`` does one optimizer step over all micro-batches and ranks, ``validate`` scores the held-out
+    budget, ``maybe_save`` writes a checkpoint when one is due, and ``fit`` runs them until the budget is spent.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: GPT,
+        vocab: CompactVocab,
+        files: tuple[list[str], list[str]],
+        dist_: Dist,
+    ) -> None:
+        self.cfg, self.model, self.vocab, self.dist = cfg, model.to(dist_.device), vocab, dist_
+        self.train_files, self.val_files = files
+        self.device = dist_.device
+        if cfg.batch_size % (cfg.micro_batch * dist_.world):
+            raise SystemExit(
+                f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch {cfg.micro_batch} × "
+                f"{dist_.world} ranks"
+            )
+        self.grad_accum = cfg.batch_size // (cfg.micro_batch * dist_.world)
+        self.optimizers = build_optimizers(model, cfg)
+        use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
+        self.fwd = torch.compile(model) if use_compile else model
+        dataset = TokenDataset(self.train_files, cfg.seq_len, seed=cfg.seed, bos_aligned=cfg.bos_aligned)
+        self.loader = DistributedLoader(
+            dataset, cfg.micro_batch, rank=dist_.rank, world_size=dist_.world, grad_accum=self.grad_accum
+        )
+        self.run_dir = cfg.run_dir
+        self.log = RunLog(
+            dist_.master,
+            self.run_dir / "log.txt",
+            dict(project=cfg.wandb_project, name=cfg.run_name, config=dataclasses.asdict(cfg))
+            if cfg.wandb
+            else None,
+        )
+        self.step, self.saved_at = 0, -1
+        self.budget = StepBudget.create(cfg.steps, cfg.max_train_seconds, cfg.cooldown_frac)
+        self.clock = Stopwatch(self.device)
+        self.history: dict = {"train_loss": [], "val": []}
+        self.last_val, self.n_val = float("nan"), 0
+        self.bytes_per_token = val_bytes_per_token(
+            self.val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, dist_.world
+        )
+
+    def train_step(self, lr_mult: float) -> torch.Tensor:
+        """One optimizer step at lr × ``lr_mult`` over grad_accum micro-batches and all ranks; the mean loss.
+
+        A non-finite loss leaves the weights untouched: the gradients are dropped before any optimizer step.
+        """
+        for opt in self.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * lr_mult
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.grad_accum):
+            x, y = self.loader.next_batch()
+            with autocast(self.device):
+                loss = self.fwd(
+                    self.vocab.encode_tensor(x).to(self.device), self.vocab.encode_tensor(y).to(self.device)
+                )
+            (loss / self.grad_accum).backward()
+            total += loss.detach() / self.grad_accum
+        total = self.dist.average_gradients(list(self.model.parameters()), total)
+        if torch.isfinite(total):
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            for opt in self.optimizers:
+                opt.step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        return total
+
+    def warm_up(self, steps: int) -> None:
+        """Untimed steps (compilation, allocator), then the initial state restored so they leave no trace."""
+        if steps <= 0:
+            return
+        initial = {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "opt": [copy.deepcopy(o.state_dict()) for o in self.optimizers],
+            "loader": self.loader.state_dict(),
+        }
+        for s in range(steps):
+            self.train_step(lr_multiplier(s / self.cfg.steps, self.cfg))
+        self.model.load_state_dict(initial["model"])
+        for o, s in zip(self.optimizers, initial["opt"], strict=True):
+            o.load_state_dict(s)
+        self.loader.load_state_dict(initial["loader"])
+
+    def resume(self, ckpt: Path, keep_saved_length: bool) -> None:
+        """Continue from ``ckpt``: optimizer, RNG, loader, step and clock; its run length unless overridden."""
+        state = load_training_state(ckpt, self.optimizers)
+        self.step = state["step"]
+        self.clock = Stopwatch(self.device, state["train_time_ms"])
+        total = state.get("total_steps", self.cfg.steps) if keep_saved_length else self.cfg.steps
+        self.budget = StepBudget.create(
+            self.cfg.steps, self.cfg.max_train_seconds, self.cfg.cooldown_frac, self.step, total
+        )
+        self.loader.load_state_dict(state["loader"])
+        self.log(f"resumed from {ckpt} at step {self.step}")
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean next-token loss (nats) over the validation budget, reduced over ranks; logged with bits per byte."""
+        cfg, model = self.cfg, self.model
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for x, y in iter_val_batches(
+            self.val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, self.dist.rank, self.dist.world
+        ):
+            x, y = self.vocab.encode_tensor(x).to(self.device), self.vocab.encode_tensor(y).to(self.device)
+            with autocast(self.device):
+                loss = model(x, y)
+            total[0] += loss.double() * y.numel()
+            total[1] += y.numel()
+        if self.dist.world > 1:
+            dist.all_reduce(total)
+        model.train()
+        self.last_val, self.n_val = (total[0] / total[1]).item(), int(total[1].item())
+        step, total_steps, ms = self.step, self.budget.total_steps, self.clock.elapsed_ms
+        bpb = bits_per_byte(self.last_val, self.bytes_per_token)
+        self.log(
+            f"step:{step}/{total_steps} val_loss:{self.last_val:.4f} val_bpb:{bpb:.4f} "
+            f"train_time:{ms:.0f}ms step_avg:{ms / max(step, 1):.2f}ms"
+        )
+        self.log.metrics(step, val_loss=self.last_val, val_bpb=bpb, train_time_ms=ms)
+        self.history["val"].append((step, self.last_val, ms))
+        return self.last_val
+
+    def save_due(self) -> bool:
+        return bool(self.cfg.save_every) and self.step % self.cfg.save_every == 0
+
+    def maybe_save(self, force: bool = False) -> Path | None:
+        """Checkpoint on rank 0 when ``force`` or every ``--save-every`` steps, once per step; its folder."""
+        if not (force or self.save_due()) or not self.dist.master or self.saved_at == self.step:
+            return None
+        self.saved_at = self.step
+        state = {
+            "step": self.step,
+            "total_steps": self.budget.total_steps,
+            "train_time_ms": self.clock.elapsed_ms,
+            "loader": self.loader.state_dict(),
+            "world_size": self.dist.world,
+        }
+        config = {"train": dataclasses.asdict(self.cfg), "vocab": self.vocab.to_config()}
+        return save_checkpoint(
+            self.run_dir, self.model, self.optimizers, state, config, self.cfg.keep_checkpoints
+        )
+
+    def diverged(self, loss: torch.Tensor) -> TrainingDiverged:
+        latest = self.run_dir / LATEST
+        where = f"{self.run_dir / latest.read_text().strip()}" if latest.is_file() else "none saved yet"
+        return TrainingDiverged(
+            f"non-finite training loss ({loss.item()}) at step {self.step}; the weights were not updated. "
+            f"Last good checkpoint: {where}. Lower the learning rates or enable --grad-clip."
+        )
+
+    def fit(self) -> Path | None:
+        """Train until the budget is spent, validating every ``--val-every`` steps and at the end; the last checkpoint.
+
+        SIGINT/SIGTERM save a checkpoint (all ranks agreeing to stop at the same step) and exit with 128 + signum.
+        """
+        cfg = self.cfg
+        self.clock = Stopwatch(self.device, self.clock.elapsed_ms)  # the clock starts now, after the warm-up
+        with catch_stop_signals() as caught:
+            while True:
+                last = self.step >= self.budget.total_steps
+                if last or (cfg.val_every and self.step % cfg.val_every == 0):
+                    with self.clock.paused():
+                        self.validate()
+                if last:
+                    break
+                loss = self.train_step(lr_multiplier(self.step / self.budget.total_steps, cfg))
+                if not torch.isfinite(loss):
+                    raise self.diverged(loss)
+                self.step += 1
+                self.history["train_loss"].append(loss.item())
+                elapsed_ms = self.clock.elapsed_ms
+                if message := self.budget.update(self.step, elapsed_ms, self.dist.agree):
+                    self.log(message)
+                if cfg.train_log_every and self.step % cfg.train_log_every == 0:
+                    self.log(
+                        f"step:{self.step}/{self.budget.total_steps} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms"
+                    )
+                stop = self.dist.agree(int(bool(caught)), op=dist.ReduceOp.MAX)  # all ranks stop together
+                if stop or self.save_due():
+                    with self.clock.paused():
+                        path = self.maybe_save(force=True)
+                if stop:
+                    signum = caught[0] if caught else signal.SIGTERM
+                    self.log(
+                        f"signal {signum}: saved {path} at step {self.step}; resume with --resume {self.run_dir}"
+                    )
+                    raise SystemExit(128 + signum)
+        self.clock.stop()
+        saved = self.maybe_save(force=True)
+        return saved or (self.run_dir / f"ckpt_{self.step:06d}" if self.dist.master else None)
+
+
+# ------------------------------------------------------------------ the final report
 
 
 def bigram_reference(
@@ -299,348 +556,68 @@ def bigram_reference(
     return bigram_baseline(tokens(train_files), tokens(val_files)[: n_targets + 1], vocab.size)
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# ------------------------------------------------------------------ logging
-
-
-class RunLog:
-    """Prints on rank 0 and appends to ``run_dir/log.txt``; optionally mirrors metrics to wandb."""
-
-    def __init__(self, enabled: bool, path: Path, use_wandb: bool, cfg: TrainConfig) -> None:
-        self.enabled, self.path, self.wandb = enabled, path, None
-        if use_wandb:
-            import wandb  # lazy: importing wandb costs ~0.7 s
-
-            self.wandb = wandb.init(
-                project=cfg.wandb_project, name=cfg.run_name, config=dataclasses.asdict(cfg)
-            )
-
-    def __call__(self, msg: str, console: bool = True) -> None:
-        if not self.enabled:
-            return
-        if console:
-            print(msg, flush=True)
-        with open(self.path, "a") as f:
-            f.write(msg + "\n")
-
-    def metrics(self, step: int, **values: float) -> None:
-        if self.wandb is not None:
-            self.wandb.log(values, step=step)
-
-    def header(self, cfg: TrainConfig) -> None:
-        """The run log starts with the code that produced it, versions and hardware."""
-        root = Path(__file__).resolve().parent
-        for src in [root / "train.py", *sorted((root / "model").glob("*.py"))]:
-            self(f"==> {src.relative_to(root)}\n{src.read_text()}", console=False)
-        hw = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-        self(f"python {platform.python_version()} torch {torch.__version__} on {hw}, {os.cpu_count()} cpus")
-        self(json.dumps(dataclasses.asdict(cfg), sort_keys=True), console=False)
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-# ------------------------------------------------------------------ main
-
-
-class TrainingDiverged(RuntimeError):
-    pass
-
-
-def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if want_cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1:
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
-    return rank, world, device
-
-
-def files_of(pattern: str, what: str) -> list[str]:
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise SystemExit(
-            f"no {what} shards match {pattern!r}; for the demo corpus run: python -m data shakespeare "
-            f"--out runs/data/shakespeare (or pass --{what}-files)"
-        )
-    return files
-
-
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    kernels.set_backend(cfg.kernels)
-    rank, world, device = setup_distributed(cfg)
-    master = rank == 0
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise SystemExit(
-            f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch {cfg.micro_batch} × {world} ranks"
-        )
-    grad_accum = cfg.batch_size // (cfg.micro_batch * world)
-    train_files, val_files = files_of(cfg.train_files, "train"), files_of(cfg.val_files, "val")
-
-    # Vocabulary: full GPT-2, or compact (the ids present in the shards, renumbered) for CPU speed.
-    resume_dir = resolve_checkpoint(cfg.resume) if cfg.resume else None
-    init_dir = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
-    source = resume_dir or init_dir
-    if source is not None:
-        vocab = CompactVocab.from_config(read_json(source / "config.json"))
-        vocab.check_covers(train_files + val_files, source=f"the vocabulary of {source}")
-    else:
-        vocab = (
-            CompactVocab.from_shards(train_files + val_files)
-            if cfg.vocab == "compact"
-            else CompactVocab.full()
-        )
-    mcfg = cfg.model_config(vocab.model_vocab_size)
-
-    torch.manual_seed(cfg.seed)
-    if source is not None:
-        model = load_model(source)
-        if init_dir is not None and model.config != mcfg:
-            print(f"--init-from: using the architecture of {init_dir} ({model.config.mlp})")
-    else:
-        model = GPT(mcfg)
-    model.config.check_vocab(vocab.size - 1, source=f"the {vocab.size}-token vocabulary")
-    model.to(device)
-    optimizers = build_optimizers(model, cfg)
-    run_dir = cfg.run_dir
-    log = RunLog(master, run_dir / "log.txt", cfg.wandb and master, cfg)
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log.header(cfg)
-        n_params = sum(p.numel() for p in model.parameters())
-        log(
-            f"model: {model.config.n_layer}×{model.config.d_model} mlp={model.config.mlp} "
-            f"(h={model.config.hidden}, k={model.config.order}) vocab={model.config.vocab_size} "
-            f"params={n_params / 1e6:.2f}M | {world} rank(s) × {grad_accum} accumulation step(s) × "
-            f"{cfg.micro_batch}×{cfg.seq_len} tokens"
-        )
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    fwd = torch.compile(model) if use_compile else model
-
-    dataset = TokenDataset(train_files, cfg.seq_len, seed=cfg.seed, bos_aligned=cfg.bos_aligned)
-    loader = DistributedLoader(dataset, cfg.micro_batch, rank=rank, world_size=world, grad_accum=grad_accum)
-
-    def train_step(mult: float) -> torch.Tensor:
-        """One optimizer step at lr × ``mult`` over grad_accum micro-batches and all ranks; the mean loss."""
-        for opt in optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * mult
-        total = torch.zeros((), device=device)
-        for _ in range(grad_accum):
-            x, y = loader.next_batch()
-            with autocast(device):
-                loss = fwd(vocab.encode_tensor(x).to(device), vocab.encode_tensor(y).to(device))
-            (loss / grad_accum).backward()
-            total += loss.detach() / grad_accum
-        if world > 1:  # average gradients and loss over ranks in one flat all-reduce
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            flat = torch.cat([g.flatten() for g in grads] + [total.view(1)])
-            dist.all_reduce(flat, op=dist.ReduceOp.AVG)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-            total = flat[-1]
-        if not torch.isfinite(total):  # stop before the optimizer touches the weights
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            return total
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return total
-
-    # Untimed warm-up (compilation, allocator), then restore the initial state so it leaves no trace.
-    if cfg.untimed_warmup_steps > 0:
-        initial = {
-            "model": copy.deepcopy(model.state_dict()),
-            "opt": [copy.deepcopy(o.state_dict()) for o in optimizers],
-            "loader": loader.state_dict(),
-        }
-        for s in range(cfg.untimed_warmup_steps):
-            train_step(lr_multiplier(s / cfg.steps, cfg))
-        model.load_state_dict(initial["model"])
-        for o, s in zip(optimizers, initial["opt"], strict=True):
-            o.load_state_dict(s)
-        loader.load_state_dict(initial["loader"])
-
-    step, train_time_ms, total_steps = 0, 0.0, cfg.steps
-    if resume_dir is not None:
-        state = load_training_state(resume_dir, optimizers)
-        step, train_time_ms = state["step"], state["train_time_ms"]
-        total_steps = (
-            state.get("total_steps", cfg.steps) if "steps" not in explicit_flags(argv) else cfg.steps
-        )
-        loader.load_state_dict(state["loader"])
-        log(f"resumed from {resume_dir} at step {step}")
-
-    extra = {"vocab": vocab.to_config()}
-    saved_at = -1
-
-    def checkpoint() -> Path | None:
-        nonlocal saved_at
-        if not master or saved_at == step:
-            return None
-        saved_at = step
-        state = {
-            "step": step,
-            "total_steps": total_steps,
-            "train_time_ms": train_time_ms,
-            "loader": loader.state_dict(),
-            "world_size": world,
-        }
-        return save_checkpoint(
-            run_dir,
-            model,
-            optimizers,
-            state,
-            {"train": dataclasses.asdict(cfg), **extra},
-            cfg.keep_checkpoints,
-        )
-
-    bytes_per_token = val_bytes_per_token(val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, world)
-    history: dict = {"train_loss": [], "val": []}
-    last_val, n_val = float("nan"), 0
-    budget_ms, mark_ms = 1000 * cfg.max_train_seconds, 0.0
-    calibrating = bool(cfg.max_train_seconds) and step == 0
-    calibrate_at_ms = [0.1 * budget_ms] + (
-        [0.9 * (1 - cfg.cooldown_frac) * budget_ms] if cfg.cooldown_frac < 0.8 else []
-    )
-    stop_signal: list[int] = []
-    handlers = {
-        sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum)) for sig in STOP_SIGNALS
-    }
-    try:
-        t0 = time.perf_counter()
-        while True:
-            last = step >= total_steps
-            if last or (cfg.val_every and step % cfg.val_every == 0):
-                sync(device)
-                train_time_ms += 1000 * (time.perf_counter() - t0)  # pause the clock during validation
-                last_val, n_val = evaluate(model, val_files, cfg, vocab, device, rank, world)
-                bpb = bits_per_byte(last_val, bytes_per_token)
-                log(
-                    f"step:{step}/{total_steps} val_loss:{last_val:.4f} val_bpb:{bpb:.4f} "
-                    f"train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / max(step, 1):.2f}ms"
-                )
-                log.metrics(step, val_loss=last_val, val_bpb=bpb, train_time_ms=train_time_ms)
-                history["val"].append((step, last_val, train_time_ms))
-                sync(device)
-                t0 = time.perf_counter()
-            if last:
-                break
-            loss = train_step(lr_multiplier(step / total_steps, cfg))
-            if not torch.isfinite(loss):
-                latest = run_dir / LATEST
-                where = f"{run_dir / latest.read_text().strip()}" if latest.is_file() else "none saved yet"
-                raise TrainingDiverged(
-                    f"non-finite training loss ({loss.item()}) at step {step}; the weights were not updated. "
-                    f"Last good checkpoint: {where}. Lower the learning rates or enable --grad-clip."
-                )
-            step += 1
-            history["train_loss"].append(loss.item())
-            elapsed_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
-            if calibrating and step == CALIBRATION_SKIP:
-                mark_ms = elapsed_ms
-            if (
-                calibrating
-                and step >= CALIBRATION_SKIP + CALIBRATION_STEPS
-                and elapsed_ms >= calibrate_at_ms[0]
-            ):
-                # The wall-clock budget becomes a step count (timed after the first, slower steps), measured again
-                # before the cool-down starts: the lr is constant until then, so the schedule is unchanged, and
-                # from the last calibration on the run (and a resume) is deterministic.
-                calibrate_at_ms.pop(0)
-                calibrating = bool(calibrate_at_ms)
-                ms_per_step = (elapsed_ms - mark_ms) / (step - CALIBRATION_SKIP)
-                fit = step + int((budget_ms - elapsed_ms) / ms_per_step)
-                total_steps = agree(max(min(cfg.steps, fit), step), device, world, dist.ReduceOp.MIN)
-                log(f"budget {cfg.max_train_seconds:.0f}s at {ms_per_step:.0f}ms/step: {total_steps} steps")
-            if cfg.train_log_every and step % cfg.train_log_every == 0:
-                log(f"step:{step}/{total_steps} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms")
-            stop = agree(int(bool(stop_signal)), device, world, dist.ReduceOp.MAX)  # all ranks stop together
-            if stop or (cfg.save_every and step % cfg.save_every == 0):
-                sync(device)
-                train_time_ms += 1000 * (time.perf_counter() - t0)
-                path = checkpoint()
-                if stop:
-                    signum = stop_signal[0] if stop_signal else signal.SIGTERM
-                    log(f"signal {signum}: saved {path} at step {step}; resume with --resume {run_dir}")
-                    raise SystemExit(128 + signum)
-                t0 = time.perf_counter()
-        ckpt = checkpoint() or (run_dir / f"ckpt_{step:06d}" if master else None)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-
-    if master:
-        log(f"peak memory: {peak_memory_mb(device):.0f} MiB; checkpoint: {ckpt}")
-        if cfg.bigram_baseline:
-            bigram = bigram_reference(train_files, val_files, vocab, n_val)
-            verdict = "below" if last_val < bigram else "NOT below"
-            log(
-                f"val_loss {last_val:.4f} vs interpolated bigram {bigram:.4f} nats/token (same split): {verdict}"
-            )
-            history["bigram_val_loss"] = bigram
-        if cfg.sample_tokens:
-            log(
-                "sample: "
-                + repr(sample(model, vocab, cfg.sample_prompt, cfg.sample_tokens, device, cfg.seed))
-            )
-    log.close()
-    if world > 1:
-        dist.destroy_process_group()
-    return {"val_loss": last_val, "step": step, "train_time_ms": train_time_ms, "checkpoint": ckpt, **history}
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# A --max-train-seconds budget is turned into a step count from the time per step measured over at least
-# CALIBRATION_STEPS steps and 10% of the budget, after skipping the first CALIBRATION_SKIP steps; it is measured
-# again at 90% of the stable phase, before the cool-down.
-CALIBRATION_SKIP, CALIBRATION_STEPS = 3, 10
-
-
-def agree(value: int, device: torch.device, world: int, op) -> int:
-    """The value all ranks agree on (reduced with ``op``); the value itself on one process."""
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=op)
-    return int(t.item())
-
-
-def explicit_flags(argv: list[str] | None) -> set[str]:
-    """Names of the TrainConfig fields given on the command line."""
-    return {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, explicit = parse_args(argv)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    kernels.set_backend(cfg.kernels)
+    dist_ = setup_distributed(cfg.device)
+    files = files_of(cfg.train_files, "train"), files_of(cfg.val_files, "val")
+    resume_dir = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    init_dir = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
+    source = resume_dir or init_dir
+    vocab = load_vocab(cfg, source, files[0] + files[1])
+    model = build_model(cfg, vocab, source, finetune=init_dir is not None and resume_dir is None)
+
+    trainer = Trainer(cfg, model, vocab, files, dist_)
+    log = trainer.log
+    if dist_.master:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        log.header(dataclasses.asdict(cfg))
+        mc, n_params = model.config, sum(p.numel() for p in model.parameters())
+        log(
+            f"model: {mc.n_layer}×{mc.d_model} mlp={mc.mlp} (h={mc.hidden}, k={mc.order}) vocab={mc.vocab_size} "
+            f"params={n_params / 1e6:.2f}M | {dist_.world} rank(s) × {trainer.grad_accum} accumulation step(s) × "
+            f"{cfg.micro_batch}×{cfg.seq_len} tokens"
+        )
+    trainer.warm_up(cfg.untimed_warmup_steps)
+    if resume_dir is not None:
+        trainer.resume(resume_dir, keep_saved_length="steps" not in explicit)
+    ckpt = trainer.fit()
+
+    result = {
+        "val_loss": trainer.last_val,
+        "step": trainer.step,
+        "train_time_ms": trainer.clock.elapsed_ms,
+        "checkpoint": ckpt,
+        **trainer.history,
+    }
+    if dist_.master:
+        log(f"peak memory: {peak_memory_mb(dist_.device):.0f} MiB; checkpoint: {ckpt}")
+        if cfg.bigram_baseline:
+            bigram = bigram_reference(*files, vocab, trainer.n_val)
+            verdict = "below" if trainer.last_val < bigram else "NOT below"
+            log(
+                f"val_loss {trainer.last_val:.4f} vs interpolated bigram {bigram:.4f} nats/token (same split): {verdict}"
+            )
+            result["bigram_val_loss"] = bigram
+        if cfg.sample_tokens:
+            text = sample(model, vocab, cfg.sample_prompt, cfg.sample_tokens, dist_.device, cfg.seed)
+            log("sample: " + repr(text))
+    log.close()
+    dist_.close()
+    return result
 
 
 if __name__ == "__main__":
