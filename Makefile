@@ -28,7 +28,7 @@ demo: $(STAMP)
 # Gentle learning rates: a short finetune should edit the model, not rewrite it. Needs `make demo` first.
 diff-demo: $(STAMP)
 	test -f runs/demo/LATEST || { echo "run 'make demo' first: diff-demo finetunes runs/demo"; exit 1; }
-	$(BIN)/python -m analysis.comedies --out runs/data/comedies
+	$(BIN)/python -m data comedies --out runs/data/comedies
 	$(BIN)/python train.py --init-from runs/demo --run-name comedies --train-files 'runs/data/comedies/comedies_train_*.bin' \
 		--steps 60 --muon-lr 0.003 --embed-lr 0.01 --head-lr 0.0004 --scalar-lr 0.002 --no-bigram-baseline
 	$(BIN)/python -m analysis.diff runs/demo runs/comedies --out runs/comedies/diff

@@ -1,16 +1,16 @@
 """Pictures of what a trained tnt checkpoint computes: reports built on `model/` hooks and `decomp/`.
 
-Command lines:
+Command lines (parsers and mains in `analysis.commands`):
     python -m analysis CHECKPOINT --out DIR          per-layer spectra, CP-rank sweep with KL faithfulness,
                                                      logit lens, steering (writes DIR/index.html)
     python -m analysis.diff BASE FINETUNED --out DIR weight-based and activation-based model diffing
-    python -m analysis.comedies --out DIR            comedies-only Shakespeare shards for a finetuning demo
+(The comedies shards of the diffing demo: ``python -m data comedies --out DIR``.)
 
 Modules: checkpoint (load a run / checkpoint folder), tokens (decode and display token text), valdata
-(validation windows in model ids), faithfulness (MLP replacements scored by KL against a noise floor), spectra
-(interaction-matrix eigenvalues and token readouts), logit_lens, steering, model_diff (weight and activation
-diffs), plots (matplotlib figures), html (the report page), report / diff / comedies (the command lines),
-cli (argparse helpers).
+(validation windows in model ids), kl (KL divergence and reference logits), faithfulness (MLP replacements
+scored by KL against a noise floor), spectra (interaction-matrix eigenvalues and token readouts), logit_lens,
+steering, model_diff (weight and activation diffs), plots (matplotlib figures), html (the report page),
+report / diff (build the reports), commands (every command line), cli (argparse helpers).
 """
 
 from analysis.errors import AnalysisError

@@ -1,113 +1,11 @@
-"""``python -m analysis CHECKPOINT --out DIR``: the analysis report of one checkpoint (see --help)."""
+"""``python -m analysis CHECKPOINT --out DIR``: the analysis report of one checkpoint (see --help).
 
-from __future__ import annotations
+The parser and main live in `analysis.commands` with every other analysis command line.
+"""
 
-import argparse
 import sys
-import time
-from pathlib import Path
 
-from analysis.cli import HelpFormatter, add_threads_argument, any_int_list, int_list
-from analysis.errors import AnalysisError
-from analysis.report import DEFAULT_KS, DEFAULT_RANKS, ReportOptions, build_report
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m analysis",
-        description=(
-            "Write an HTML report (DIR/index.html, DIR/report.md, DIR/summary.json, DIR/figures/*.png) on a tnt "
-            "checkpoint with bilinear MLPs. Per bilinear layer: eigenvalue spectra of the interaction matrices "
-            "Q(u) for chosen output tokens, token readouts of the leading eigenvectors, effective ranks, "
-            "truncation curves, a CP-rank sweep with decomp's implicit ALS scored by relative error, KL against a "
-            "noise floor and validation loss, and steering (measured vs predicted MLP change, saturation by the "
-            "norm). Plus a logit lens over the residual stream. Non-bilinear layers are skipped with a note."
-        ),
-        epilog="Example: python -m analysis runs/demo --out runs/demo/report --tokens ' the' '\\n' ','",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument(
-        "checkpoint", help="run folder (its LATEST file names the checkpoint) or checkpoint folder"
-    )
-    p.add_argument("--out", type=Path, required=True, help="output folder (created; files are replaced)")
-    p.add_argument(
-        "--val-files",
-        default=None,
-        help="glob of validation shards (default: train.val_files of the checkpoint)",
-    )
-    p.add_argument(
-        "--val-tokens", type=int, default=2048, help="validation tokens for KL, losses and the logit lens"
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument(
-        "--tokens",
-        nargs="+",
-        default=None,
-        metavar="TEXT",
-        help="output tokens to analyse, as text of one GPT-2 token each (escapes \\n \\t understood; "
-        "mind leading spaces: ' the'); default: the --n-tokens most frequent validation tokens",
-    )
-    p.add_argument(
-        "--n-tokens", type=int, default=4, help="number of most frequent tokens when --tokens is not given"
-    )
-    p.add_argument(
-        "--ranks",
-        type=int_list,
-        default=",".join(map(str, DEFAULT_RANKS)),
-        help="CP ranks of the ALS sweep (comma-separated)",
-    )
-    p.add_argument(
-        "--ks",
-        type=int_list,
-        default=",".join(map(str, DEFAULT_KS)),
-        help="eigencomponents per output direction for the whole-MLP top-k truncation (comma-separated)",
-    )
-    p.add_argument("--als-iters", type=int, default=40, help="maximum ALS iterations per rank")
-    p.add_argument(
-        "--noise-seeds", type=int, default=2, help="random perturbations averaged for the noise floor"
-    )
-    p.add_argument("--n-eigen", type=int, default=3, help="leading eigenvectors read out per token")
-    p.add_argument("--top-k", type=int, default=6, help="tokens listed per readout and sign")
-    p.add_argument("--layers", type=any_int_list, default=None, help="only these layers (comma-separated)")
-    p.add_argument("--steer-sequences", type=int, default=4, help="validation sequences used for steering")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise floor")
-    add_threads_argument(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    opts = ReportOptions(
-        checkpoint=args.checkpoint,
-        out=args.out,
-        val_files=args.val_files,
-        val_tokens=args.val_tokens,
-        batch_size=args.batch_size,
-        tokens=args.tokens,
-        n_tokens=args.n_tokens,
-        ranks=args.ranks,
-        ks=args.ks,
-        als_iters=args.als_iters,
-        noise_seeds=args.noise_seeds,
-        n_eigen=args.n_eigen,
-        n_top=args.top_k,
-        layers=list(args.layers) if args.layers is not None else None,
-        steer_sequences=args.steer_sequences,
-        seed=args.seed,
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
-    start = time.perf_counter()
-    try:
-        index = build_report(opts)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"report written in {time.perf_counter() - start:.1f} s")
-    print(index)
-    return 0
-
+from analysis.commands import report_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_main())

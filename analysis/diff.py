@@ -8,7 +8,6 @@ PCA and logit lens. Output-level: which tokens the fine-tune made more or less l
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from analysis import plots
 from analysis.checkpoint import load_checkpoint
-from analysis.cli import HelpFormatter, add_threads_argument, int_list, torch_threads
+from analysis.cli import torch_threads
 from analysis.errors import AnalysisError
 from analysis.faithfulness import cp_layer_kinds
 from analysis.html import Report, Table
@@ -194,7 +193,7 @@ def _build_diff_report(opts: DiffOptions) -> Path:
     r.heading("Method")
     r.text(
         "Weight diff: decomp's `layer_diff_cp` gives B_ft − B_base exactly as a CP tensor of rank h_ft + h_base; "
-        f"`diff_report` compresses it to rank {opts.rank} with the implicit ALS ({opts.als_iters} iterations max) and "
+        f"it is compressed to rank {opts.rank} with the implicit ALS ({opts.als_iters} iterations max) and "
         "reads the largest terms through the fine-tuned model's W_E and W_U·diag(g_f). Activation diff: residual "
         "streams of both models on the same validation windows; the first position is shown separately because "
         "it acts as an attention sink."
@@ -207,68 +206,7 @@ def _tokens(entries) -> str:
     return " ".join(f"'{e.text}'" for e in entries[:5])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m analysis.diff",
-        description=(
-            "Diff a fine-tuned checkpoint against its base and write DIR/index.html (+ report.md, figures/). "
-            "(a) Weight-based: each bilinear/multilinear layer's B_ft − B_base, compressed with decomp's implicit "
-            "CP-ALS, with token readouts of its largest terms. (b) Activation-based baseline: mean residual-stream "
-            "difference on the first positions of validation text, its PCA and logit lens. Both checkpoints must "
-            "share the architecture and vocabulary."
-        ),
-        epilog="Example: python -m analysis.diff runs/demo runs/comedies --out runs/comedies/diff",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("base", help="base run folder or checkpoint folder")
-    p.add_argument("finetuned", help="fine-tuned run folder or checkpoint folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--val-files", default=None, help="glob of validation shards (default: the base's train.val_files)"
-    )
-    p.add_argument("--val-tokens", type=int, default=4096, help="validation tokens (whole windows) to read")
-    p.add_argument("--positions", type=int, default=32, help="first positions of each window used")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--rank", type=int, default=8, help="CP rank of the compressed weight difference")
-    p.add_argument("--sweep", type=int_list, default="1,2,4,8,16", help="ranks of the error-vs-rank curve")
-    p.add_argument("--components", type=int, default=4, help="largest terms read out per layer")
-    p.add_argument("--top-k", type=int, default=8, help="tokens listed per readout and sign")
-    p.add_argument("--als-iters", type=int, default=60, help="maximum ALS iterations")
-    p.add_argument(
-        "--pca-point", type=int, default=-1, help="lens point (index; -1 = after the last block) for PCA"
-    )
-    add_threads_argument(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+if __name__ == "__main__":  # the parser lives in analysis.commands with every other command line
+    from analysis.commands import diff_main
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    opts = DiffOptions(
-        base=args.base,
-        finetuned=args.finetuned,
-        out=args.out,
-        val_files=args.val_files,
-        val_tokens=args.val_tokens,
-        positions=args.positions,
-        batch_size=args.batch_size,
-        rank=args.rank,
-        sweep=args.sweep,
-        n_components=args.components,
-        top_k=args.top_k,
-        als_iters=args.als_iters,
-        pca_point=args.pca_point,
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
-    try:
-        index = build_diff_report(opts)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(index)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(diff_main())

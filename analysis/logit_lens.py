@@ -13,16 +13,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from analysis.faithfulness import ReferenceLogits
+from analysis.kl import ReferenceLogits
 from analysis.valdata import ValTokens
 from model import GPT
+from model.hooks import get_act_name
 
 
 def lens_points(model: GPT) -> list[tuple[str, str]]:
     """[(label, hook name)] in forward order: 'embed', '0 attn', '0 mlp', '1 attn', …"""
-    points = [("embed", "blocks.0.hook_resid_pre")]
+    points = [("embed", get_act_name("resid_pre", 0))]
     for i in range(model.config.n_layer):
-        points += [(f"{i} attn", f"blocks.{i}.hook_resid_mid"), (f"{i} mlp", f"blocks.{i}.hook_resid_post")]
+        points += [(f"{i} attn", get_act_name("resid_mid", i)), (f"{i} mlp", get_act_name("resid_post", i))]
     return points
 
 
@@ -30,7 +31,7 @@ def lens_points(model: GPT) -> list[tuple[str, str]]:
 class LogitLens:
     """labels [n]; loss [n] mean cross-entropy (nats) of the lens prediction vs the true next token;
     loss_by_position [n, T]; kl_to_final [n] mean KL(model ‖ lens); for the example sequence:
-    top1 [n, T] (argmax model ids), p_true [n, T] (probability of the true next token), example_x/y [T]."""
+    top1 [n, T] (argmax model ids), p_true [n, T] (probability of the true next token), example_x [T]."""
 
     labels: list[str]
     loss: torch.Tensor
@@ -39,7 +40,6 @@ class LogitLens:
     top1: torch.Tensor
     p_true: torch.Tensor
     example_x: torch.Tensor
-    example_y: torch.Tensor
 
 
 def lens_logits(model: GPT, cache: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -86,5 +86,4 @@ def logit_lens(
         top1,
         p_true,
         val.x[example],
-        val.y[example],
     )

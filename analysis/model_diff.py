@@ -1,9 +1,9 @@
 """Model diffing of a base and a fine-tuned checkpoint: from the weights and from activations.
 
 Weight-based: for each CP layer, B_ft − B_base is an exact CP tensor (decomp's ``layer_diff_cp``, factors
-[P_ft, −P_base], [W_ftᵀ, W_baseᵀ], [V_ftᵀ, V_baseᵀ]); decomp's ``diff_report`` compresses it with the
-implicit CP-ALS (``cp_als``) and its largest rank-one terms, with unit-norm factors, are read as tokens by
-``component_readouts`` (output: W_U a_r, inputs: W_E b_r, W_E c_r; the fine-tuned model's W_E and W_U·diag(g_f)).
+[P_ft, −P_base], [W_ftᵀ, W_baseᵀ], [V_ftᵀ, V_baseᵀ]); it is compressed with decomp's
+implicit CP-ALS (``cp_als``) and its largest rank-one terms, with unit-norm factors (``cp_normalize``), are read
+as tokens by ``component_readouts`` (output: W_U a_r, inputs: W_E b_r, W_E c_r; the fine-tuned model's W_E and W_U·diag(g_f)).
 
 Activation-based baseline: run both models on the first positions of unrelated text (validation windows)
 and take, per lens point ℓ and position p, the mean difference of the residual stream
@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tensorly.cp_tensor import CPTensor
 
 from analysis.errors import AnalysisError
-from analysis.faithfulness import kl_divergence
+from analysis.kl import kl_divergence
 from analysis.logit_lens import lens_points
 from analysis.spectra import readout_tables
 from analysis.tokens import TokenText
@@ -33,8 +32,8 @@ from decomp import (
     TopTokens,
     component_readouts,
     cp_als,
+    cp_normalize,
     layer_diff_cp,
-    make_cp,
     top_tokens,
 )
 from decomp.cp import cp_norm
@@ -97,20 +96,9 @@ def weight_diff(
         errors = [(r, cp_als(diff, r, n_iter_max=als_iters, tol=1e-8).rel_error) for r in sweep if r != rank]
     except DecompError as e:
         return LayerWeightDiff(layer, base_norm, diff_norm, rank, float("nan"), note=str(e))
-    components = component_readouts(unit_columns(als.cp), w_e, w_u, n_components, k, token_text.display)
+    components = component_readouts(cp_normalize(als.cp), w_e, w_u, n_components, k, token_text.display)
     errors = sorted([*errors, (rank, als.rel_error)])
     return LayerWeightDiff(layer, base_norm, diff_norm, rank, als.rel_error, errors, components)
-
-
-def unit_columns(cp: CPTensor) -> CPTensor:
-    """The same CP tensor with unit-norm factor columns, the scales moved into the weights.
-
-    ALS leaves the scale of a term spread arbitrarily over its factors; readout scores W_E b are comparable
-    between terms only for unit vectors.
-    """
-    norms = [f.norm(dim=0).clamp_min(1e-300) for f in cp.factors]
-    weights = cp.weights * torch.stack(norms).prod(0)
-    return make_cp(weights, [f / n for f, n in zip(cp.factors, norms, strict=True)])
 
 
 @dataclass

@@ -19,19 +19,16 @@ from dataclasses import dataclass
 import torch
 from tensorly.cp_tensor import CPTensor
 
-from analysis.faithfulness import layer_cp, mlp_input_hook, mlp_output_hook
+from analysis.faithfulness import layer_cp
 from decomp import cp_apply
 from model import GPT
+from model.hooks import get_act_name, mlp_input_hook, mlp_output_hook
 
 
 def steering_prediction(cp: CPTensor, z: torch.Tensor, s: torch.Tensor, alpha: float) -> torch.Tensor:
     """ΔMLP = α(B(z, s) + B(s, z)) + α² B(s, s) for an order-3 CP tensor B; z [..., d], s [d] or [..., d]."""
     s = s.expand_as(z).to(z) if s.ndim < z.ndim else s.to(z)
     return alpha * (cp_apply(cp, z, s) + cp_apply(cp, s, z)) + alpha**2 * cp_apply(cp, s, s)
-
-
-def resid_hook(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_mid"
 
 
 @dataclass
@@ -67,7 +64,7 @@ def measured_mlp_change(
     model: GPT, x: torch.Tensor, layer: int, s: torch.Tensor, alpha: float
 ) -> torch.Tensor:
     """MLP output [B, T, d] of ``layer`` with α·s added at its resid_mid hook (blocks after it are not run)."""
-    steer = (resid_hook(layer), lambda act, hook: act + alpha * s.to(act))
+    steer = (get_act_name("resid_mid", layer), lambda act, hook: act + alpha * s.to(act))
     with model.hooks([steer]):
         _, cache = model.run_with_cache(x, names_filter=[mlp_output_hook(layer)], stop_at_layer=layer + 1)
     return cache[mlp_output_hook(layer)]
@@ -88,10 +85,10 @@ def steering_sweep(
     push as large as the residual stream itself); otherwise s is used as given.
     """
     cp = layer_cp(model, layer)  # acts on z = N(x), gain not folded
-    names = [resid_hook(layer), mlp_input_hook(layer), mlp_output_hook(layer)]
+    names = [get_act_name("resid_mid", layer), mlp_input_hook(layer), mlp_output_hook(layer)]
     with torch.inference_mode():
         _, cache = model.run_with_cache(x, names_filter=names, stop_at_layer=layer + 1)
-        resid = cache[resid_hook(layer)].double()
+        resid = cache[get_act_name("resid_mid", layer)].double()
         z = cache[mlp_input_hook(layer)].double()
         out = cache[mlp_output_hook(layer)].double()
         gain = model.mlp_norm_gain(layer).detach().double()

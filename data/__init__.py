@@ -4,6 +4,7 @@
 - `data.shards`: `write_shard`, `read_shard`, `ShardError` (the `.bin` format).
 - `data.prepare`: `.txt` / `.jsonl` → shards (`python -m data prepare`).
 - `data.shakespeare`: the embedded default corpus and its split (`python -m data shakespeare`).
+- `data.comedies`: the First Folio comedies as fine-tuning shards (`python -m data comedies`).
 - `data.fineweb`: the public pre-tokenized FineWeb-10B shards (`python -m data fineweb`).
 - `data.loader`: `TokenDataset`, `DistributedLoader`, `iter_val_batches` (imports torch).
 - `data.bigram`: the interpolated bigram baseline.

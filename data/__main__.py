@@ -1,4 +1,4 @@
-"""Command line of the data package: `python -m data {prepare,shakespeare,fineweb,check} --help`."""
+"""Command line of the data package: `python -m data {prepare,shakespeare,comedies,fineweb,check} --help`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from data.comedies import write_comedy_shards
 from data.fineweb import MAX_TRAIN_SHARDS, download_fineweb
 from data.prepare import DEFAULT_SHARD_TOKENS, PrepareConfig, PrepareError, prepare
 from data.shakespeare import CorpusError, SplitSummary, prepare_shakespeare, summarize_shards
@@ -49,6 +50,11 @@ def run_shakespeare(args: argparse.Namespace) -> None:
     )
     print(("wrote" if written else "already prepared (use --force to rebuild):"), *paths.values())
     print(format_table([summarize_shards(split, [path]) for split, path in paths.items()], unit="works"))
+
+
+def run_comedies(args: argparse.Namespace) -> None:
+    for split, (path, works, n) in write_comedy_shards(args.out).items():
+        print(f"{split}: {path} — {len(works)} works, {n:,} tokens: {', '.join(w.name for w in works)}")
 
 
 def run_fineweb(args: argparse.Namespace) -> None:
@@ -115,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_shakespeare)
+
+    p = sub.add_parser(
+        "comedies",
+        help="Shakespeare's comedies as shards for a fine-tuning demo (offline)",
+        description="Write OUT/comedies_train_000000.bin (the 11 First Folio comedies of the training split) "
+        "and OUT/comedies_val_000000.bin (the 3 held-out comedies of the validation split).",
+        epilog="Then: python train.py --init-from runs/demo --run-name comedies "
+        "--train-files 'runs/data/comedies/comedies_train_*.bin' --steps 100",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/data/comedies"), help="output folder")
+    p.set_defaults(run=run_comedies)
 
     p = sub.add_parser(
         "fineweb",

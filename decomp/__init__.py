@@ -17,15 +17,24 @@ from decomp.cp import (
     cp_difference,
     cp_inner,
     cp_norm,
+    cp_normalize,
     cp_relative_error,
     cp_to,
     cp_to_dense,
     make_cp,
     multilinear_cp,
+    relative_error_from_inner,
     symmetric_cp,
 )
-from decomp.diff import DiffReport, diff_report, layer_diff_cp, weight_diff_cp
-from decomp.eigen import Eigendecomposition, effective_rank, eigendecompose, eigh_sorted, top_abs_sum
+from decomp.diff import layer_diff_cp, weight_diff_cp
+from decomp.eigen import (
+    Eigendecomposition,
+    effective_rank,
+    eigendecompose,
+    eigh_sorted,
+    svd_flip,
+    top_abs_sum,
+)
 from decomp.errors import DecompError
 from decomp.interaction import (
     interaction_frobenius_sq,
@@ -61,7 +70,6 @@ __all__ = [
     "BilinearLayer",
     "ComponentReadout",
     "DecompError",
-    "DiffReport",
     "EigenReadout",
     "Eigendecomposition",
     "MultilinearLayer",
@@ -77,10 +85,10 @@ __all__ = [
     "cp_from_model",
     "cp_inner",
     "cp_norm",
+    "cp_normalize",
     "cp_relative_error",
     "cp_to",
     "cp_to_dense",
-    "diff_report",
     "direct_path_map",
     "effective_rank",
     "eigen_readouts",
@@ -99,8 +107,10 @@ __all__ = [
     "multilinear_cp",
     "multilinear_layer",
     "output_tokens",
+    "relative_error_from_inner",
     "save_cp",
     "save_eigen",
+    "svd_flip",
     "symmetric_cp",
     "token_direction",
     "top_abs_sum",

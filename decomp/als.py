@@ -25,7 +25,16 @@ import torch
 from tensorly.cp_tensor import CPTensor
 from tqdm.auto import tqdm
 
-from decomp.cp import DEFAULT_BLOCK, blocked_gram_sum, check_cp, make_cp
+from decomp.cp import (
+    DEFAULT_BLOCK,
+    blocked_gram_sum,
+    check_cp,
+    cp_normalize,
+    cp_relative_error,
+    make_cp,
+    relative_error_from_inner,
+)
+from decomp.eigen import svd_flip
 from decomp.errors import DecompError
 
 
@@ -95,7 +104,6 @@ def cp_als(
     bound = (w.abs() * torch.stack([f.norm(dim=0) for f in a]).prod(0)).sum()
     if norm_t_sq <= (1e-7 * bound) ** 2:
         raise DecompError("the target tensor is zero (e.g. identical checkpoints): nothing to approximate")
-    norm_t = norm_t_sq.sqrt()
 
     lam, b = _initial_factors(target.shape, rank, init, w, a, random_state, dtype, device, block)
     if normalize_factors and isinstance(init, str):
@@ -119,7 +127,7 @@ def cp_als(
 
         norm_b_sq = (lam[:, None] * _hadamard(gram) * lam[None, :]).sum()
         inner = (mttkrp * b[-1]).sum()
-        rel_error = float((norm_t_sq + norm_b_sq - 2 * inner).abs().sqrt() / norm_t)
+        rel_error = float(relative_error_from_inner(norm_t_sq, norm_b_sq, inner))
         errors.append(rel_error)
         if progress:
             bar.set_postfix(rel_error=f"{rel_error:.6g}")
@@ -138,7 +146,7 @@ def cp_als(
 
     if not errors:
         final = make_cp(lam, b)
-        return ALSResult(final, _implicit_error(w, a, final, norm_t, block), [], 0, False)
+        return ALSResult(final, cp_relative_error(make_cp(w, a), final, block), [], 0, False)
     return ALSResult(make_cp(lam, b), errors[-1], errors, len(errors), converged)
 
 
@@ -197,9 +205,7 @@ def _svd_init_factor(
     keep = min(rank, size)
     u = evecs.flip(-1)[:, :keep]
     sing = evals.flip(-1)[:keep].clamp_min(0).sqrt()
-    idx = u.abs().argmax(dim=0)
-    signs = u[idx, torch.arange(keep, device=u.device)].sign()
-    u = u * torch.where(signs == 0, torch.ones_like(signs), signs)
+    u, _ = svd_flip(u)
     if n == 0:
         u = u * sing
     if size < rank:
@@ -224,22 +230,6 @@ def _hadamard(mats: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _normalize(lam: torch.Tensor, b: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """tensorly's cp_normalize: fold λ into factor 0, then move every column norm into the weights."""
-    out = []
-    weights = torch.ones_like(lam)
-    for n, f in enumerate(b):
-        if n == 0:
-            f = f * lam
-        scales = f.norm(dim=0)
-        weights = weights * scales
-        out.append(f / torch.where(scales == 0, torch.ones_like(scales), scales))
-    return weights, out
-
-
-def _implicit_error(
-    w: torch.Tensor, a: list[torch.Tensor], approx: CPTensor, norm_t: torch.Tensor, block: int
-) -> float:
-    t2 = norm_t**2
-    b2 = blocked_gram_sum(approx.weights, approx.weights, [(f, f) for f in approx.factors], block)
-    tb = blocked_gram_sum(w, approx.weights, list(zip(a, approx.factors, strict=True)), block)
-    return float((t2 + b2 - 2 * tb).abs().sqrt() / norm_t)
+    """(weights, factors) of `cp_normalize` applied to [[λ; B_0..B_N]]."""
+    cp = cp_normalize(make_cp(lam, b))
+    return cp.weights, list(cp.factors)

@@ -106,7 +106,7 @@ def eigh_sorted(q: torch.Tensor, k: int | None = None) -> Eigendecomposition:
     order = values.abs().argsort(dim=-1, descending=True)
     values = values.gather(-1, order)
     vectors = vectors.gather(-1, order[..., None, :].expand_as(vectors))
-    eig = Eigendecomposition(values, _fix_signs(vectors), (q**2).sum((-2, -1)))
+    eig = Eigendecomposition(values, svd_flip(vectors)[0], (q**2).sum((-2, -1)))
     return eig if k is None else eig.truncate(k)
 
 
@@ -162,15 +162,25 @@ def _lanczos(
     order = np.argsort(-np.abs(values), kind="stable")
     vals = torch.from_numpy(values[order].copy())
     vecs = torch.from_numpy(vectors[:, order].copy())
-    return vals, _fix_signs(vecs)
+    return vals, svd_flip(vecs)[0]
 
 
-def _fix_signs(vectors: torch.Tensor) -> torch.Tensor:
-    """Flip each column so that its largest-magnitude entry is positive."""
-    idx = vectors.abs().argmax(dim=-2, keepdim=True)
-    signs = vectors.gather(-2, idx).sign()
-    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    return vectors * signs
+def svd_flip(u: torch.Tensor, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """tensorly's ``svd_flip`` (u-based) on torch tensors, batched: flip each column of u [..., n, k] so that
+    its largest-magnitude entry (the first, on ties) is positive, and the matching rows of v [..., m, l]
+    (m ≥ k; rows past k unchanged). Returns (u, v); v None stays None.
+    """
+    idx = u.abs().argmax(dim=-2, keepdim=True)
+    signs = u.gather(-2, idx).sign()
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)  # [..., 1, k]
+    if v is not None:
+        row_signs = signs.transpose(-1, -2)  # [..., k, 1]
+        pad = v.shape[-2] - row_signs.shape[-2]
+        if pad < 0:
+            raise DecompError(f"svd_flip: v has {v.shape[-2]} rows, fewer than u's {u.shape[-1]} columns")
+        ones = torch.ones(*row_signs.shape[:-2], pad, 1, dtype=row_signs.dtype, device=row_signs.device)
+        v = v * torch.cat([row_signs, ones], dim=-2)
+    return u * signs, v
 
 
 def _check_k(k: int) -> None:

@@ -14,6 +14,57 @@ from torch import nn
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], torch.Tensor | None]
 
+# Short names -> where the hook sits inside block i (TransformerLens's ``get_act_name`` vocabulary).
+_BLOCK_HOOKS = {
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "pattern": "attn.hook_pattern",
+    "pre": "mlp.hook_pre",
+    "pre_linear": "mlp.hook_pre_linear",
+    "post": "mlp.hook_post",
+}
+_LAYER_TYPES = {"ln1": "ln1", "ln2": "ln2", "mlp": "ln2", "attn": "ln1", "a": "ln1", "m": "ln2"}
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """The full hook name of a short one, as TransformerLens's ``utils.get_act_name``.
+
+    ``get_act_name("resid_mid", 2)`` -> ``"blocks.2.hook_resid_mid"``; ``get_act_name("mlp_out", 0)`` ->
+    ``"blocks.0.hook_mlp_out"``; ``get_act_name("normalized", 1, "ln2")`` -> ``"blocks.1.ln2.hook_normalized"``
+    (the MLP's input N(x); layer_type "ln1"/"attn" is the attention's); ``"embed"`` -> ``"hook_embed"``;
+    ``"ln_final"`` with ``"normalized"`` -> ``"ln_f.hook_normalized"``. Full names pass through unchanged.
+    """
+    if "." in name or (name.startswith("hook_") and layer is None):
+        return name
+    if name == "embed":
+        return "hook_embed"
+    if name == "normalized" and layer_type in ("ln_final", "ln_f"):
+        return "ln_f.hook_normalized"
+    if layer is None:
+        raise ValueError(f"hook {name!r} needs a layer index")
+    if name == "normalized":
+        if layer_type not in _LAYER_TYPES:
+            raise ValueError(f"hook 'normalized' needs layer_type 'ln1' or 'ln2', got {layer_type!r}")
+        return f"blocks.{layer}.{_LAYER_TYPES[layer_type]}.hook_normalized"
+    if name not in _BLOCK_HOOKS:
+        raise ValueError(
+            f"unknown hook name {name!r}; known: {', '.join([*_BLOCK_HOOKS, 'normalized', 'embed'])}"
+        )
+    return f"blocks.{layer}.{_BLOCK_HOOKS[name]}"
+
+
+def mlp_input_hook(layer: int) -> str:
+    """``blocks.{layer}.ln2.hook_normalized``: the MLP's input z = N(x) (RMSNorm with its gain)."""
+    return get_act_name("normalized", layer, "ln2")
+
+
+def mlp_output_hook(layer: int) -> str:
+    """``blocks.{layer}.hook_mlp_out``: the MLP's output, added to the residual stream."""
+    return get_act_name("mlp_out", layer)
+
 
 class HookPoint(nn.Module):
     def __init__(self) -> None:

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.__main__ import main as report_main
-from analysis.comedies import FOLIO_COMEDIES, comedy_works
-from analysis.diff import main as diff_main
+from analysis.commands import diff_main, report_main
+from data.comedies import FOLIO_COMEDIES, comedy_works
 from data.shakespeare import CorpusError
 from data.shards import write_shard
 from data.tokenizer import get_encoding

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from analysis.errors import AnalysisError
-from analysis.model_diff import activation_diff, check_comparable, unit_columns, weight_diff
+from analysis.model_diff import activation_diff, check_comparable, weight_diff
 from analysis.spectra import readout_tables
 from analysis.tokens import TokenText
 from analysis.valdata import ValTokens
 from data.vocab import CompactVocab
-from decomp import cp_als, layer_diff_cp
+from decomp import cp_als, cp_normalize, layer_diff_cp
 from model import GPT, GPTConfig
 
 VOCAB = CompactVocab(tuple(range(1000, 1064)))  # 64 GPT-2 ids as model ids 0..63
@@ -52,7 +52,7 @@ def test_compressed_diff_recovers_the_planted_term(planted):
     diff = layer_diff_cp(ft, base, LAYER)
     result = cp_als(diff, 1, n_iter_max=50)
     assert result.rel_error < 1e-6
-    cp = unit_columns(result.cp)
+    cp = cp_normalize(result.cp)
     for got, want in zip(cp.factors, factors, strict=True):
         cos = torch.nn.functional.cosine_similarity(got[:, 0], want.double(), dim=0)
         assert abs(float(cos)) > 1 - 1e-8

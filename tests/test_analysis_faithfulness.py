@@ -5,19 +5,18 @@ import torch
 from toy_models import random_gpt
 
 from analysis.faithfulness import (
-    ReferenceLogits,
     als_replacement,
     build_replacements,
     evaluate_replacements,
-    kl_divergence,
     layer_cp,
-    mlp_output_hook,
     noise_like,
     run_with_mlp_output,
     truncation_replacement,
 )
+from analysis.kl import ReferenceLogits, kl_divergence
 from analysis.valdata import ValTokens
 from decomp import cp_apply, cp_to_dense, symmetric_cp
+from model.hooks import mlp_output_hook
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 from decomp import (
     DecompError,
     bilinear_cp,
+    component_readouts,
     cp_als,
     cp_to_dense,
-    diff_report,
     eigendecompose,
     load_cp,
     load_eigen,
@@ -39,7 +39,7 @@ def test_weight_diff_equals_dense_difference():
     torch.testing.assert_close(cp_to_dense(diff), cp_to_dense(ft) - cp_to_dense(base))
 
 
-def test_diff_report_compresses_and_reads_tokens():
+def test_compressed_diff_reads_tokens():
     _, base = layer(d=6, h=8)
     (w, v, p), _ = layer(d=6, h=8)
     g = torch.Generator().manual_seed(9)
@@ -47,13 +47,14 @@ def test_diff_report_compresses_and_reads_tokens():
     ft = bilinear_cp(torch.cat([w, b]), torch.cat([v, b]), torch.cat([p, a], dim=1))  # base + one new unit
     diff = weight_diff_cp(ft, base)
     w_e, w_u = torch.randn(20, 6, dtype=F64), torch.randn(20, 6, dtype=F64)
-    report = diff_report(diff, 1, w_e, w_u, n_components=1, k=3, n_iter_max=200, tol=0)
+    als = cp_als(diff, 1, n_iter_max=200, tol=0)
+    components = component_readouts(als.cp, w_e, w_u, n=1, k=3)
     # the diff is exactly rank one; the implicit error (as parafac's) bottoms out near sqrt(machine eps)
-    assert report.als.rel_error < 1e-6
+    assert als.rel_error < 1e-6
     dense = cp_to_dense(diff)
-    assert float((dense - cp_to_dense(report.als.cp)).norm() / dense.norm()) < 1e-10
-    comp = report.components[0]
-    scores = w_u @ report.als.cp.factors[0][:, 0]
+    assert float((dense - cp_to_dense(als.cp)).norm() / dense.norm()) < 1e-10
+    comp = components[0]
+    scores = w_u @ als.cp.factors[0][:, 0]
     assert comp.output.positive[0].token == int(scores.argmax())
     assert len(comp.inputs) == 2 and len(comp.inputs[0].positive) == 3
 

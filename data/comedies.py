@@ -1,4 +1,4 @@
-"""``python -m analysis.comedies --out DIR``: Shakespeare's comedies as shards, for a fine-tuning demo.
+"""``python -m data comedies --out DIR``: Shakespeare's comedies as shards, for a fine-tuning demo.
 
 The comedies are the 14 plays the First Folio (1623) prints under "Comedies". Training shard: the comedies of
 the corpus's training split only (11 plays; All's Well That Ends Well, Measure for Measure and The Two
@@ -9,8 +9,6 @@ before each work, GPT-2 ids, modded-nanoGPT shard format).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from data.prepare import shard_name
@@ -59,27 +57,3 @@ def write_comedy_shards(out_dir: Path) -> dict[str, tuple[Path, list[Work], int]
         write_shard(path, tokens)
         written[split] = (path, works, len(tokens))
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m analysis.comedies",
-        description="Write Shakespeare's comedies (training split only) as a token shard for fine-tuning, plus "
-        "a shard of the held-out comedies of the validation split.",
-        epilog="Then: python train.py --init-from runs/demo --run-name comedies "
-        "--train-files 'runs/data/comedies/comedies_train_*.bin' --steps 100",
-    )
-    p.add_argument("--out", type=Path, default=Path("runs/data/comedies"), help="output folder")
-    args = p.parse_args(argv)
-    try:
-        written = write_comedy_shards(args.out)
-    except CorpusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for split, (path, works, n) in written.items():
-        print(f"{split}: {path} — {len(works)} works, {n:,} tokens: {', '.join(w.name for w in works)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
