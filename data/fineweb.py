@@ -3,7 +3,8 @@
 Same source and file names as modded-nanoGPT's `data/cached_fineweb10B.py`: the dataset repository
 `kjj0/fineweb10B-gpt2` on the Hugging Face hub holds `fineweb_val_000000.bin` (validation, ≈100M tokens)
 and `fineweb_train_000001.bin` … `fineweb_train_000103.bin` (≈100M tokens each), already in our shard format.
-Needs network access and `pip install huggingface_hub`; nothing in the test suite calls it.
+Needs network access and the `fineweb` extra (huggingface_hub): `make fineweb` installs it and downloads.
+Nothing in the test suite downloads.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def download_fineweb(out_dir: str | Path, train_shards: int = 8) -> list[Path]:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ImportError(
-            "downloading FineWeb needs the huggingface_hub package: pip install huggingface_hub"
+            "downloading FineWeb needs the huggingface_hub package (the 'fineweb' extra): run 'make fineweb', "
+            "or pip install -e '.[fineweb]'"
         ) from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
