@@ -36,8 +36,8 @@ def download_fineweb(out_dir: str | Path, train_shards: int = 8) -> list[Path]:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ImportError(
-            "downloading FineWeb needs the huggingface_hub package (the 'fineweb' extra): run 'make fineweb', "
-            "or pip install -e '.[fineweb]'"
+            "downloading FineWeb needs the huggingface_hub package: run 'make fineweb' (it installs the 'fineweb' "
+            "extra), or pip install huggingface_hub"
         ) from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
