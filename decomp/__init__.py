@@ -5,8 +5,9 @@ global backend; wrap tensorly calls on them in ``tensorly.backend_context("pytor
 the dense d×d×d tensor except `cp_to_dense` (small tensors only).
 
 Modules: cp (CP forms, symmetrisation, implicit norms), layers (read a `model.GPT`), interaction (Q(u)),
-eigen (eigendecomposition, truncation, summaries), als (implicit CP-ALS), tokens (token readouts),
-diff (weight diffs), io (save / load).
+eigen (eigendecomposition, truncation, summaries), als (implicit CP-ALS, also on tensor networks), tokens
+(token readouts), diff (weight diffs), network (implicit tensors as einsum networks), two_layer (two stacked
+bilinear layers as orders 3, 4, 5), io (save / load).
 """
 
 from decomp.als import ALSResult, cp_als
@@ -52,6 +53,7 @@ from decomp.layers import (
     layer_kind,
     multilinear_layer,
 )
+from decomp.network import TensorNetwork
 from decomp.tokens import (
     ComponentReadout,
     EigenReadout,
@@ -64,21 +66,34 @@ from decomp.tokens import (
     output_tokens,
     top_tokens,
 )
+from decomp.two_layer import (
+    ComposedDirection,
+    NormScales,
+    TwoLayerTensor,
+    composed_readout,
+    two_layer_from_model,
+    two_layer_tensor,
+)
 
 __all__ = [
     "ALSResult",
     "BilinearLayer",
     "ComponentReadout",
+    "ComposedDirection",
     "DecompError",
     "EigenReadout",
     "Eigendecomposition",
     "MultilinearLayer",
+    "NormScales",
+    "TensorNetwork",
     "TokenScore",
     "TopTokens",
+    "TwoLayerTensor",
     "bilinear_cp",
     "bilinear_layer",
     "check_cp",
     "component_readouts",
+    "composed_readout",
     "cp_als",
     "cp_apply",
     "cp_difference",
@@ -115,5 +130,7 @@ __all__ = [
     "token_direction",
     "top_abs_sum",
     "top_tokens",
+    "two_layer_from_model",
+    "two_layer_tensor",
     "weight_diff_cp",
 ]

@@ -7,7 +7,9 @@ Everything goes through Gram and cross-Gram matrices of the factors (A_n [I_n, R
     ‖T‖²     = Σ_{h,h'} w_h w_h' Π_n (A_nᵀA_n)[h, h']                       (once, in row blocks)
     ‖B‖²     = Σ λλᵀ ⊙ Π_n B_nᵀB_n,   ⟨T, B⟩ = Σ MTTKRP_N ⊙ B_N           (last mode's MTTKRP)
 
-Per iteration O(Σ_n I_n·R·r) against O(Π_n I_n · r) for ALS on the dense tensor. The update order (modes
+Per iteration O(Σ_n I_n·R·r) against O(Π_n I_n · r) for ALS on the dense tensor. The target may also be a
+`decomp.network.TensorNetwork` (e.g. the order-5 tensor of two stacked layers, whose CP rank would be h²·h):
+then ‖T‖², the MTTKRPs and the unfolding Grams of the svd init are contractions of the network. The update order (modes
 0..N in turn), the solve, the error formula, the stopping rule (|Δ rel. error| < tol after the second
 iteration) and `normalize_factors` follow `tensorly.decomposition.parafac`, so with the same initial
 factors the iterates are equal to parafac's on the dense tensor (up to rounding). The error formula loses
@@ -36,6 +38,7 @@ from decomp.cp import (
 )
 from decomp.eigen import svd_flip
 from decomp.errors import DecompError
+from decomp.network import TensorNetwork
 
 
 @dataclass
@@ -56,7 +59,7 @@ class ALSResult:
 
 
 def cp_als(
-    target: CPTensor,
+    target: CPTensor | TensorNetwork,
     rank: int,
     *,
     n_iter_max: int = 100,
@@ -73,7 +76,7 @@ def cp_als(
     """Rank-`rank` CP approximation of a CP tensor by ALS, computed only from factor Gram matrices.
 
     Args:
-        target: CPTensor (e.g. a layer, its symmetric part, a weight difference); any order ≥ 2.
+        target: CPTensor (e.g. a layer, its symmetric part, a weight difference) or TensorNetwork; order ≥ 2.
         rank: r > 0.
         n_iter_max: maximum number of sweeps. tol: stop when |Δ relative error| < tol (0 = run all sweeps).
         init: a CPTensor of the target's shape and rank r (weights pulled into the last factor, as parafac
@@ -91,24 +94,22 @@ def cp_als(
         raise DecompError(f"rank must be a positive integer, got {rank!r}")
     if not isinstance(n_iter_max, int) or n_iter_max < 0:
         raise DecompError(f"n_iter_max must be a non-negative integer, got {n_iter_max!r}")
-    target = check_cp(target)
-    device = target.weights.device
-    w = target.weights.to(dtype)
-    a = [f.to(dtype) for f in target.factors]
-    n_modes = len(a)
+    tgt = (
+        _NetworkTarget(target, dtype)
+        if isinstance(target, TensorNetwork)
+        else _CPTarget(target, dtype, block)
+    )
+    n_modes = len(tgt.shape)
     if n_modes < 2:
         raise DecompError("CP-ALS needs a tensor of order ≥ 2")
-
-    norm_t_sq = blocked_gram_sum(w, w, [(f, f) for f in a], block)
-    # ‖T‖ ≤ Σ_h |w_h| Π_n ‖A_n[:, h]‖; below ~1e-7 of that bound ‖T‖² is rounding noise (e.g. B − B).
-    bound = (w.abs() * torch.stack([f.norm(dim=0) for f in a]).prod(0)).sum()
-    if norm_t_sq <= (1e-7 * bound) ** 2:
+    norm_t_sq = tgt.norm_sq()
+    if tgt.is_zero(norm_t_sq):
         raise DecompError("the target tensor is zero (e.g. identical checkpoints): nothing to approximate")
 
-    lam, b = _initial_factors(target.shape, rank, init, w, a, random_state, dtype, device, block)
+    lam, b = _initial_factors(tgt, rank, init, random_state, dtype)
     if normalize_factors and isinstance(init, str):
         lam, b = _normalize(lam, b)  # parafac normalises computed inits, never a given CPTensor
-    cross = [an.T @ bn for an, bn in zip(a, b, strict=True)]  # A_kᵀ B_k  [R, r]
+    tgt.start(b)
     gram = [bn.T @ bn for bn in b]  # B_kᵀ B_k  [r, r]
 
     errors: list[float] = []
@@ -117,12 +118,11 @@ def cp_als(
     for iteration in bar:
         mttkrp = None
         for n in range(n_modes):
-            cross_prod = _hadamard([cross[k] for k in range(n_modes) if k != n])
             lhs = _hadamard([gram[k] for k in range(n_modes) if k != n])
             lhs = lam[:, None] * lhs * lam[None, :]
-            mttkrp = a[n] @ (w[:, None] * cross_prod) * lam
+            mttkrp = tgt.mttkrp(n) * lam
             b[n] = _solve_right(mttkrp, lhs)
-            cross[n] = a[n].T @ b[n]
+            tgt.update(n, b[n])
             gram[n] = b[n].T @ b[n]
 
         norm_b_sq = (lam[:, None] * _hadamard(gram) * lam[None, :]).sum()
@@ -140,28 +140,102 @@ def cp_als(
             break  # before normalising, as parafac does
         if normalize_factors:
             lam, b = _normalize(lam, b)
-            cross = [an.T @ bn for an, bn in zip(a, b, strict=True)]
+            tgt.start(b)
             gram = [bn.T @ bn for bn in b]
     bar.close()
 
     if not errors:
         final = make_cp(lam, b)
-        return ALSResult(final, cp_relative_error(make_cp(w, a), final, block), [], 0, False)
+        return ALSResult(final, tgt.relative_error(norm_t_sq, final), [], 0, False)
     return ALSResult(make_cp(lam, b), errors[-1], errors, len(errors), converged)
 
 
+class _CPTarget:
+    """A CP target [[w; A_0..A_N]]: MTTKRPs from cached cross-Grams A_kᵀB_k [R, r]."""
+
+    def __init__(self, target: CPTensor, dtype: torch.dtype, block: int) -> None:
+        target = check_cp(target)
+        self.shape = tuple(target.shape)
+        self.w = target.weights.to(dtype)
+        self.a = [f.to(dtype) for f in target.factors]
+        self.device, self.block = self.w.device, block
+
+    def norm_sq(self) -> torch.Tensor:
+        return blocked_gram_sum(self.w, self.w, [(f, f) for f in self.a], self.block)
+
+    def is_zero(self, norm_sq: torch.Tensor) -> bool:
+        # ‖T‖ ≤ Σ_h |w_h| Π_n ‖A_n[:, h]‖; below ~1e-7 of that bound ‖T‖² is rounding noise (e.g. B − B).
+        bound = (self.w.abs() * torch.stack([f.norm(dim=0) for f in self.a]).prod(0)).sum()
+        return bool(norm_sq <= (1e-7 * bound) ** 2)
+
+    def unfolding_gram(self, n: int) -> torch.Tensor:
+        """T_(n) T_(n)ᵀ = A_n diag(w) (⊛_{k≠n} A_kᵀA_k) diag(w) A_nᵀ [I_n, I_n], built in row blocks."""
+        an, w = self.a[n], self.w
+        others = [self.a[k] for k in range(len(self.a)) if k != n]
+        size, big_r = an.shape
+        gram = torch.zeros(size, size, dtype=an.dtype, device=an.device)
+        right = w[:, None] * an.T  # [R, I_n]
+        for start in range(0, big_r, self.block):
+            stop = min(start + self.block, big_r)
+            s = _hadamard([f[:, start:stop].T @ f for f in others])  # [blk, R]
+            gram += (an[:, start:stop] * w[start:stop]) @ (s @ right)
+        return gram
+
+    def start(self, b: list[torch.Tensor]) -> None:
+        self.cross = [an.T @ bn for an, bn in zip(self.a, b, strict=True)]  # A_kᵀ B_k  [R, r]
+
+    def update(self, n: int, bn: torch.Tensor) -> None:
+        self.cross[n] = self.a[n].T @ bn
+
+    def mttkrp(self, n: int) -> torch.Tensor:
+        """A_n diag(w) (⊛_{k≠n} A_kᵀB_k) [I_n, r]."""
+        cross_prod = _hadamard([self.cross[k] for k in range(len(self.a)) if k != n])
+        return self.a[n] @ (self.w[:, None] * cross_prod)
+
+    def relative_error(self, norm_sq: torch.Tensor, approx: CPTensor) -> float:
+        return cp_relative_error(make_cp(self.w, self.a), approx, self.block)
+
+
+class _NetworkTarget:
+    """A TensorNetwork target: every quantity is a contraction of the network (`decomp.network`)."""
+
+    def __init__(self, target: TensorNetwork, dtype: torch.dtype) -> None:
+        self.net = target.to(dtype)
+        self.shape = target.shape
+        self.device = target.operands[0].device
+
+    def norm_sq(self) -> torch.Tensor:
+        return self.net.inner(self.net)
+
+    def is_zero(self, norm_sq: torch.Tensor) -> bool:
+        return bool(norm_sq <= 0)
+
+    def unfolding_gram(self, n: int) -> torch.Tensor:
+        return self.net.unfolding_gram(n)
+
+    def start(self, b: list[torch.Tensor]) -> None:
+        self.b = list(b)
+
+    def update(self, n: int, bn: torch.Tensor) -> None:
+        self.b[n] = bn
+
+    def mttkrp(self, n: int) -> torch.Tensor:
+        return self.net.mttkrp(n, self.b)
+
+    def relative_error(self, norm_sq: torch.Tensor, approx: CPTensor) -> float:
+        b_sq = TensorNetwork.from_cp(approx).inner(approx)
+        return float(relative_error_from_inner(norm_sq, b_sq, self.net.inner(approx)))
+
+
 def _initial_factors(
-    shape: tuple[int, ...],
+    tgt: _CPTarget | _NetworkTarget,
     rank: int,
     init: str | CPTensor,
-    w: torch.Tensor,
-    a: list[torch.Tensor],
     random_state: int | None,
     dtype: torch.dtype,
-    device: torch.device,
-    block: int,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(weights λ = ones, factors B_n [I_n, r]) as tensorly's initialize_cp would give them."""
+    shape, device = tgt.shape, tgt.device
     generator = torch.Generator().manual_seed(0 if random_state is None else random_state)
     ones = torch.ones(rank, dtype=dtype, device=device)
     if isinstance(init, (CPTensor, tuple, list)):
@@ -180,27 +254,17 @@ def _initial_factors(
         factors = [torch.rand(size, rank, generator=generator, dtype=dtype).to(device) for size in shape]
         return ones, factors
     if init == "svd":
-        return ones, [_svd_init_factor(n, rank, w, a, generator, block) for n in range(len(a))]
+        return ones, [_svd_init_factor(n, rank, tgt.unfolding_gram(n), generator) for n in range(len(shape))]
     raise DecompError(f"unknown init {init!r}; use 'svd', 'random' or a CPTensor")
 
 
-def _svd_init_factor(
-    n: int, rank: int, w: torch.Tensor, a: list[torch.Tensor], generator: torch.Generator, block: int
-) -> torch.Tensor:
-    """Leading `rank` left singular vectors of the mode-n unfolding T_(n) = A_n diag(w) KR(A_k, k≠n)ᵀ.
+def _svd_init_factor(n: int, rank: int, gram: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Leading `rank` left singular vectors of the mode-n unfolding T_(n), from its Gram T_(n) T_(n)ᵀ.
 
-    From the Gram T_(n) T_(n)ᵀ = A_n diag(w) (⊛_{k≠n} A_kᵀA_k) diag(w) A_nᵀ [I_n, I_n], built in row blocks.
-    Mode 0 is scaled by the singular values (as tensorly does when normalize_factors is False).
+    Mode 0 is scaled by the singular values (as tensorly does when normalize_factors is False); signs as
+    tensorly's svd_flip; random columns when I_n < rank.
     """
-    an = a[n]
-    others = [a[k] for k in range(len(a)) if k != n]
-    size, big_r = an.shape
-    gram = torch.zeros(size, size, dtype=an.dtype, device=an.device)
-    right = w[:, None] * an.T  # [R, I_n]
-    for start in range(0, big_r, block):
-        stop = min(start + block, big_r)
-        s = _hadamard([f[:, start:stop].T @ f for f in others])  # [blk, R]
-        gram += (an[:, start:stop] * w[start:stop]) @ (s @ right)
+    size = gram.shape[0]
     evals, evecs = torch.linalg.eigh(0.5 * (gram + gram.T))
     keep = min(rank, size)
     u = evecs.flip(-1)[:, :keep]
@@ -209,7 +273,7 @@ def _svd_init_factor(
     if n == 0:
         u = u * sing
     if size < rank:
-        extra = torch.rand(size, rank - size, generator=generator, dtype=an.dtype).to(an.device)
+        extra = torch.rand(size, rank - size, generator=generator, dtype=gram.dtype).to(gram.device)
         u = torch.cat([u, extra], dim=1)
     return u
 
