@@ -15,6 +15,7 @@ from analysis.errors import AnalysisError
 from data.vocab import CompactVocab, VocabError
 from model import GPT, CheckpointError, load_model
 from model import io as model_io
+from model.hf_import import HFTokenizer, load_tokenizer
 from model.io import CONFIG_FILE, read_json
 
 DEFAULT_SEQ_LEN = 128
@@ -36,6 +37,7 @@ class Checkpoint:
     model: GPT
     vocab: CompactVocab
     config: dict = field(repr=False)
+    tokenizer: HFTokenizer | None = None  # the model's own tokenizer (imported models); None: GPT-2 via vocab
 
     @property
     def train_config(self) -> dict:
@@ -87,6 +89,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         config = read_json(ckpt / CONFIG_FILE)
         model = load_model(ckpt).float().eval()
+        tokenizer = load_tokenizer(ckpt, config)
     except CheckpointError as e:
         raise AnalysisError(str(e)) from e
     try:
@@ -100,4 +103,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     for p in model.parameters():
         p.requires_grad_(False)
-    return Checkpoint(ckpt, model, vocab, config)
+    return Checkpoint(ckpt, model, vocab, config, tokenizer)

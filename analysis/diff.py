@@ -61,7 +61,7 @@ def _build_diff_report(opts: DiffOptions) -> Path:
         raise AnalysisError(
             "the checkpoints have different vocabularies (config.json 'vocab'); cannot diff them"
         )
-    token_text = TokenText(ft_ck.vocab, ft.config.vocab_size)
+    token_text = TokenText(ft_ck.vocab, ft.config.vocab_size, ft_ck.tokenizer)
     n_valid = n_valid_tokens(ft_ck)
     layers, skipped = cp_layer_kinds(base)
     seq_len = min(base_ck.seq_len, opts.positions) if opts.positions else base_ck.seq_len

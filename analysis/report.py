@@ -85,7 +85,8 @@ class _Timer:
 
 def n_valid_tokens(ckpt: Checkpoint) -> int:
     """Rows of the embedding that are real tokens (the rest is padding to a multiple of 64)."""
-    return min(ckpt.vocab.size, ckpt.model.config.vocab_size)
+    size = ckpt.tokenizer.vocab_size if ckpt.tokenizer is not None else ckpt.vocab.size
+    return min(size, ckpt.model.config.vocab_size)
 
 
 def choose_tokens(
@@ -103,7 +104,7 @@ def run_analyses(opts: ReportOptions) -> ReportResults:
     ckpt = load_checkpoint(opts.checkpoint)
     model = ckpt.model
     torch.manual_seed(opts.seed)
-    token_text = TokenText(ckpt.vocab, model.config.vocab_size)
+    token_text = TokenText(ckpt.vocab, model.config.vocab_size, ckpt.tokenizer)
     cp_layers, skipped = cp_layer_kinds(model)
     if not cp_layers:
         kinds = sorted({model.mlp_kind(i) for i in range(model.config.n_layer)})
@@ -169,7 +170,7 @@ def build_report(opts: ReportOptions) -> Path:
 def write_report(opts: ReportOptions, res: ReportResults, elapsed: float) -> Path:
     ckpt, model = res.checkpoint, res.checkpoint.model
     cfg = model.config
-    token_text = TokenText(ckpt.vocab, cfg.vocab_size)
+    token_text = TokenText(ckpt.vocab, cfg.vocab_size, ckpt.tokenizer)
     r = Report(f"tnt analysis — {ckpt.name}", opts.out)
     spectra = {s.layer: s for s in res.spectra}
     steering = {c.layer: c for c in res.steering}
@@ -388,7 +389,9 @@ def sweep_table(f: LayerFaithfulness) -> Table:
 
 def summary_json(opts: ReportOptions, res: ReportResults) -> dict:
     """The report's numbers (options, tokens, spectra heads, faithfulness, logit lens, timings) for scripts."""
-    token_text = TokenText(res.checkpoint.vocab, res.checkpoint.model.config.vocab_size)
+    token_text = TokenText(
+        res.checkpoint.vocab, res.checkpoint.model.config.vocab_size, res.checkpoint.tokenizer
+    )
     opts_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     return {
         "checkpoint": str(res.checkpoint.path),

@@ -1,7 +1,8 @@
 """Token ids as readable text: model ids -> GPT-2 ids -> decoded strings, escaped for display.
 
 A checkpoint's model ids map to GPT-2 ids through its `CompactVocab`; text comes from the offline GPT-2 BPE
-(`data.tokenizer.get_encoding`). Display strings escape newlines, tabs and other control characters
+(`data.tokenizer.get_encoding`); an imported model with its own tokenizer (`model.hf_import`) decodes through
+that tokenizer instead. Display strings escape newlines, tabs and other control characters
 ('\\n', '\\t', '\\x0b') so a token never breaks a plot label or a table row.
 """
 
@@ -15,6 +16,7 @@ import torch
 from analysis.errors import AnalysisError
 from data.tokenizer import get_encoding
 from data.vocab import CompactVocab
+from model.hf_import import HFTokenizer
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
@@ -63,16 +65,19 @@ class TokenText:
 
     vocab: CompactVocab
     n_rows: int  # embedding rows of the model; ids past the vocabulary are untrained padding
+    tokenizer: HFTokenizer | None = None  # the model's own tokenizer (imported models): ids are its ids
     _cache: dict[int, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.encoding = get_encoding()
+        self.encoding = get_encoding() if self.tokenizer is None else None
 
     def text(self, model_id: int) -> str:
         """The decoded (unescaped) text of one model id."""
         model_id = int(model_id)
         if model_id not in self._cache:
-            if self.vocab.token_ids is not None and model_id >= self.vocab.size:
+            if self.tokenizer is not None:
+                self._cache[model_id] = self.tokenizer.token_text(model_id)
+            elif self.vocab.token_ids is not None and model_id >= self.vocab.size:
                 self._cache[model_id] = f"<pad {model_id}>"
             else:
                 gpt2 = int(self.vocab.decode_tensor(torch.tensor([model_id]))[0])
@@ -93,10 +98,14 @@ class TokenText:
         if ids.numel() == 0:
             return ""
         ids = ids.clamp(max=self.n_rows - 1)
+        if self.tokenizer is not None:
+            return self.tokenizer.decode(ids.tolist())
         return self.encoding.decode(self.vocab.decode_tensor(ids).tolist())
 
     def encode_single(self, text: str) -> int:
         """The model id of `text`, which must be exactly one GPT-2 token present in the vocabulary."""
+        if self.tokenizer is not None:
+            return self._encode_single_own(text)
         gpt2 = self.encoding.encode(text, allowed_special="all")
         if len(gpt2) != 1:
             pieces = ", ".join(repr(self.encoding.decode([t])) for t in gpt2)
@@ -114,6 +123,20 @@ class TokenText:
                 f"token {display_text(text)!r} has model id {model_id} ≥ {self.n_rows} embedding rows"
             )
         return model_id
+
+    def _encode_single_own(self, text: str) -> int:
+        ids = self.tokenizer.encode(text)
+        if len(ids) != 1:
+            pieces = ", ".join(repr(self.tokenizer.token_text(t)) for t in ids)
+            raise AnalysisError(
+                f"token text {display_text(text)!r} is {len(ids)} tokens of {self.tokenizer.file} ({pieces}), "
+                "not one; pass the text of a single token"
+            )
+        if ids[0] >= self.n_rows:
+            raise AnalysisError(
+                f"token {display_text(text)!r} has id {ids[0]} ≥ {self.n_rows} embedding rows"
+            )
+        return ids[0]
 
 
 def parse_token_texts(texts: Sequence[str], token_text: TokenText) -> list[int]:

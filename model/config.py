@@ -46,6 +46,10 @@ class GPTConfig:
     logit_softcap: float | None = 30.0  # logits = c * tanh(logits / c)
     norm_gain: bool = False  # learnable RMSNorm gains (modded-nanoGPT's norms are parameter-free)
     rope_base: float = 10000.0
+    # Defaults reproduce the original network; other values represent imported models (model.hf_import).
+    norm_eps: float = 1e-6  # eps of the block and final RMSNorms
+    qk_norm: bool = True  # parameter-free RMSNorm on each head of q and k, before rotary
+    qk_norm_eps: float | None = None  # None: torch's default, the machine epsilon of the dtype
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model"):
@@ -72,6 +76,14 @@ class GPTConfig:
             )
         if self.window is not None and (not isinstance(self.window, int) or self.window <= 0):
             raise ConfigError(f"GPTConfig.window must be a positive integer or None, got {self.window!r}")
+        for name in ("norm_eps", "qk_norm_eps"):
+            value = getattr(self, name)
+            if value is None and name == "qk_norm_eps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                raise ConfigError(f"GPTConfig.{name} must be a number in (0, 1), got {value!r}")
+        if not isinstance(self.qk_norm, bool):
+            raise ConfigError(f"GPTConfig.qk_norm must be true or false, got {self.qk_norm!r}")
         if self.logit_softcap is not None and self.logit_softcap <= 0:
             raise ConfigError(f"GPTConfig.logit_softcap must be positive or None, got {self.logit_softcap!r}")
 

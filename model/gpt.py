@@ -67,6 +67,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig, value_embed: bool) -> None:
         super().__init__()
         self.n_head, self.head_dim, self.window = cfg.n_head, cfg.head_dim, cfg.window
+        self.qk_norm, self.qk_norm_eps = cfg.qk_norm, cfg.qk_norm_eps
         self.c_qkv = linear(cfg.d_model, 3 * cfg.d_model)
         self.c_proj = linear(cfg.d_model, cfg.d_model, zero=True)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
@@ -85,8 +86,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ve: torch.Tensor | None = None) -> torch.Tensor:
         B, T, d = x.shape
         q, k, v = self.c_qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
-        q = self.rotary(F.rms_norm(q, (self.head_dim,)))  # QK-norm, then rotary
-        k = self.rotary(F.rms_norm(k, (self.head_dim,)))
+        if self.qk_norm:  # QK-norm, then rotary
+            q = F.rms_norm(q, (self.head_dim,), eps=self.qk_norm_eps)
+            k = F.rms_norm(k, (self.head_dim,), eps=self.qk_norm_eps)
+        q, k = self.rotary(q), self.rotary(k)
         if ve is not None:
             v = self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve.view_as(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
@@ -137,9 +140,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, value_embed: bool) -> None:
         super().__init__()
-        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_gain)
+        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_gain, cfg.norm_eps)
         self.attn = Attention(cfg, value_embed)
-        self.ln2 = RMSNorm(cfg.d_model, cfg.norm_gain)
+        self.ln2 = RMSNorm(cfg.d_model, cfg.norm_gain, cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
@@ -167,7 +170,7 @@ class GPT(HookedRootModule):
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.d_model) for _ in range(n_ve))
         self.blocks = nn.ModuleList(Block(cfg, i in self.ve_index) for i in range(L))
         self.skip_weights = nn.Parameter(torch.ones(L // 2)) if cfg.unet_skips else None
-        self.ln_f = RMSNorm(cfg.d_model, cfg.norm_gain)
+        self.ln_f = RMSNorm(cfg.d_model, cfg.norm_gain, cfg.norm_eps)
         self.lm_head = linear(cfg.d_model, cfg.vocab_size, zero=True)
         self.hook_embed = HookPoint()
         self.setup_hooks()
