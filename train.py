@@ -502,7 +502,7 @@ class Trainer:
         SIGINT/SIGTERM save a checkpoint (all ranks agreeing to stop at the same step) and exit with 128 + signum.
         """
         cfg = self.cfg
-        self.clock = Stopwatch(self.device, self.clock.elapsed_ms)  # the clock starts now, after the warm-up
+        self.clock.start()  # the clock starts now, after set-up and the untimed warm-up
         with catch_stop_signals() as caught:
             while True:
                 last = self.step >= self.budget.total_steps

@@ -25,12 +25,13 @@ def sync(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Timed training milliseconds, starting from ``elapsed_ms``; the clock stops while ``paused()`` (validation,
-    checkpoints) and after ``stop()``. Readings synchronise the device first, so queued GPU work is counted."""
+    """Timed training milliseconds, starting from ``elapsed_ms`` when ``start()`` is called (or at once with
+    ``running``); the clock stops while ``paused()`` (validation, checkpoints) and after ``stop()``. Starting and
+    stopping synchronise the device first, so queued GPU work is counted where it belongs."""
 
-    def __init__(self, device: torch.device, elapsed_ms: float = 0.0) -> None:
+    def __init__(self, device: torch.device, elapsed_ms: float = 0.0, running: bool = False) -> None:
         self.device, self._banked, self._t0 = device, elapsed_ms, time.perf_counter()
-        self._running = True
+        self._running = running
 
     @property
     def elapsed_ms(self) -> float:
