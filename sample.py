@@ -6,13 +6,15 @@ python sample.py runs/demo --prompt "ROMEO:" --tokens 80 --temperature 0.8
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from data.tokenizer import get_encoding
 from data.vocab import CompactVocab
+from errors import run_cli
 from model import GPT, load_model
-from model.io import CheckpointError, read_json, resolve_checkpoint
+from model.io import CONFIG_FILE, read_json, resolve_checkpoint
 
 
 @torch.no_grad()
@@ -46,7 +48,7 @@ def sample(
     return enc.decode(vocab.decode_tensor(ids[0]).tolist())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -56,10 +58,13 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.tokens < 0 or args.top_k < 1 or not args.temperature >= 0:
+        parser.error("--tokens must be >= 0, --top-k >= 1 and --temperature >= 0")
     ckpt = resolve_checkpoint(args.checkpoint)
-    vocab = CompactVocab.from_config(read_json(ckpt / "config.json"))
+    vocab = CompactVocab.from_config(read_json(ckpt / CONFIG_FILE), source=ckpt / CONFIG_FILE)
     model = load_model(ckpt)
+    vocab.check_fits(model.config.vocab_size, source=ckpt / CONFIG_FILE)
     print(
         sample(
             model,
@@ -74,7 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from e
+    sys.exit(run_cli(main))

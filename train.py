@@ -621,8 +621,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (TrainingDiverged, CheckpointError, ConfigError, VocabError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    from errors import run_cli  # tnt's error policy: anticipated failures are one line, bugs keep tracebacks
+
+    # CheckpointError, ConfigError and VocabError are TntErrors already; TrainingDiverged is not (yet).
+    sys.exit(run_cli(main, anticipated=(TrainingDiverged, CheckpointError, ConfigError, VocabError)))

@@ -93,9 +93,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except CheckpointError as e:
         raise AnalysisError(str(e)) from e
     try:
-        vocab = CompactVocab.from_config(config)
+        vocab = CompactVocab.from_config(config, source=ckpt / CONFIG_FILE)
     except VocabError as e:
-        raise AnalysisError(f"{ckpt / CONFIG_FILE}: {e}") from e
+        raise AnalysisError(str(e)) from e
     if vocab.token_ids is not None and vocab.size > model.config.vocab_size:
         raise AnalysisError(
             f"{ckpt / CONFIG_FILE}: the compact vocabulary has {vocab.size} tokens but the model only "

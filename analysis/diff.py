@@ -208,5 +208,6 @@ def _tokens(entries) -> str:
 
 if __name__ == "__main__":  # the parser lives in analysis.commands with every other command line
     from analysis.commands import diff_main
+    from errors import run_cli
 
-    sys.exit(diff_main())
+    sys.exit(run_cli(diff_main, status=2))

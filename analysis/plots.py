@@ -21,6 +21,7 @@ from analysis.model_diff import ActivationDiff, LayerWeightDiff  # noqa: E402
 from analysis.spectra import LayerSpectra  # noqa: E402
 from analysis.steering import SteeringCurve  # noqa: E402
 from analysis.tokens import TokenText  # noqa: E402
+from analysis.truncation import TokenTruncation  # noqa: E402
 from decomp import TopTokens  # noqa: E402
 from model.io import atomic_write_bytes  # noqa: E402
 
@@ -38,6 +39,30 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def log_axis(ax, axis: str, *values, base: float = 10) -> bool:
+    """Put ``axis`` ('x' or 'y') of ``ax`` on a log scale if the plotted ``values`` hold a positive finite number.
+
+    Otherwise the axis stays linear with a note on the axes: a log axis with no positive data makes matplotlib
+    fail at drawing time ("Data cannot be log-scaled"), e.g. for a barely trained checkpoint whose KLs all round
+    to ≤ 0 in float32 or whose MLP outputs are still zero. Non-positive points among positive ones are masked.
+    """
+    flat = np.concatenate([np.asarray(v, dtype=float).ravel() for v in values]) if values else np.zeros(0)
+    if np.any(np.isfinite(flat) & (flat > 0)):
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log", base=base)
+        return True
+    ax.text(
+        0.5,
+        0.97,
+        "no positive values: linear scale, not log",
+        transform=ax.transAxes,
+        ha="center",
+        va="top",
+        fontsize=8,
+        color="gray",
+    )
+    return False
 
 
 def quoted(text: str | None) -> str:
@@ -75,7 +100,7 @@ def plot_spectra(spec: LayerSpectra, n_show: int = 40) -> Figure:
         label = f"{ts.label}  (eff. rank {ts.effective_rank:.1f})"
         idx = np.arange(1, len(v) + 1)
         (line,) = a.plot(idx[:n_show], v[:n_show], marker="o", ms=3, lw=1, label=label)
-        b.semilogy(idx, np.abs(v), color=line.get_color(), lw=1.2, label=label)
+        b.plot(idx, np.abs(v), color=line.get_color(), lw=1.2, label=label)
     a.axhline(0, color="black", lw=0.6)
     a.set_title(f"Layer {spec.layer}: leading eigenvalues of Q(u_token) (signed, by |λ|)")
     a.set_xlabel("eigenvalue index i (sorted by |λ| descending)")
@@ -84,26 +109,56 @@ def plot_spectra(spec: LayerSpectra, n_show: int = 40) -> Figure:
     b.set_title(f"Layer {spec.layer}: full spectrum |λ_i| of Q(u_token)")
     b.set_xlabel("eigenvalue index i")
     b.set_ylabel("|λ_i| (log scale)")
+    log_axis(b, "y", *[np.abs(ts.values.numpy()) for ts in spec.tokens])
     b.legend(title="output token", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_truncation(spec: LayerSpectra, faith: LayerFaithfulness | None) -> Figure:
+def plot_truncation(
+    spec: LayerSpectra,
+    faith: LayerFaithfulness | None,
+    explained: dict[int, Sequence[float]] | None = None,
+    token_trunc: TokenTruncation | None = None,
+) -> Figure:
+    """Left: ‖Q − Q_k‖/‖Q‖ per token (solid) and, given explained {token: EV(k)}, 1 − EV(k) on data (dashed).
+    Right: KL of the whole-MLP top-k truncation, and of the per-output-token truncation when given."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     for ts in spec.tokens:
         err = ts.truncation_error.numpy()
-        a.plot(np.arange(len(err)), err, lw=1.3, label=ts.label)
+        (line,) = a.plot(np.arange(len(err)), err, lw=1.3, label=ts.label)
+        if explained and ts.token in explained:
+            ev = np.asarray(explained[ts.token], dtype=float)
+            a.plot(np.arange(len(ev)), 1 - ev, ls="--", lw=1.3, color=line.get_color())
+    if explained:
+        a.plot([], [], "k--", lw=1.0, label="dashed: 1 − EV(k) on data")
     a.set_xscale("symlog", linthresh=1)
     a.set_title(f"Layer {spec.layer}: top-k truncation of Q(u_token)")
     a.set_xlabel("k = eigenpairs kept (largest |λ|)")
-    a.set_ylabel("relative error ‖Q − Q_k‖_F / ‖Q‖_F")
+    a.set_ylabel("‖Q − Q_k‖_F / ‖Q‖_F (solid); unexplained variance (dashed)")
     a.set_ylim(0, 1.02)
     a.legend(title="output token", fontsize=8)
     pts = faith.family("truncation") if faith else []
     if pts:
         k = [p.param for p in pts]
         plot_kl_against_noise_floor(b, k, pts, faith, "KL(original ‖ top-k MLP)")
+        if token_trunc is not None and token_trunc.points:
+            tk = [p.k for p in token_trunc.points]
+            b.plot(
+                tk,
+                [p.kl for p in token_trunc.points],
+                "s-",
+                color="#2f855a",
+                label=f"per-output-token truncation ({len(token_trunc.tokens)} tokens, direct path)",
+            )
+            b.plot(
+                tk,
+                [p.kl_noise for p in token_trunc.points],
+                "s--",
+                color="#2f855a",
+                alpha=0.6,
+                label="its noise floor (random logit change, same norm)",
+            )
         b.set_xscale("log", base=2)
         b.set_title(f"Layer {spec.layer}: whole-MLP top-k truncation (per output direction of P)")
         b.set_xlabel("k = eigencomponents kept per output direction")
@@ -180,7 +235,7 @@ def plot_kl_against_noise_floor(ax, x: list, pts: list, faith: LayerFaithfulness
         label="noise floor (random Δ, same ‖Δ‖ per position)",
     )
     ax.axhline(faith.kl_mean_ablation, color=NEG_COLOR, ls=":", label="mean-ablated MLP")
-    ax.set_yscale("log")
+    log_axis(ax, "y", [p.kl for p in pts], [p.kl_noise for p in pts])
 
 
 def plot_rank_sweep(faith: LayerFaithfulness, h: int) -> Figure:
@@ -214,6 +269,7 @@ def plot_rank_sweep(faith: LayerFaithfulness, h: int) -> Figure:
 
 def plot_faithfulness_overview(faiths: Sequence[LayerFaithfulness]) -> Figure:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    kls, ratios, ratio_ranks = [], [], []
     for f in faiths:
         pts = f.family("als")
         r = [p.param for p in pts]
@@ -221,15 +277,18 @@ def plot_faithfulness_overview(faiths: Sequence[LayerFaithfulness]) -> Figure:
         a.plot(r, [p.kl_noise for p in pts], "--", color=line.get_color(), alpha=0.6)
         ratio = [p.kl / p.kl_noise if p.kl_noise > 0 else np.nan for p in pts]
         b.plot(r, ratio, "o-", color=line.get_color(), label=f"layer {f.layer}")
-    a.set_yscale("log")
+        kls += [p.kl for p in pts] + [p.kl_noise for p in pts]
+        ratios += [q for q in ratio if np.isfinite(q)]
+        ratio_ranks += [x for x, q in zip(r, ratio, strict=True) if np.isfinite(q)]
+    log_axis(a, "y", kls)
     a.set_xscale("log", base=2)
     a.set_title("KL of rank-r MLPs (solid) vs their noise floors (dashed)")
     a.set_xlabel("CP rank r")
     a.set_ylabel("mean KL per token (nats, log scale)")
     a.legend(fontsize=8)
     b.axhline(1, color="black", lw=0.8, ls="--", label="= noise floor")
-    b.set_xscale("log", base=2)
-    b.set_yscale("log")
+    log_axis(b, "x", ratio_ranks, base=2)  # no finite ratio (noise floors <= 0): nothing drawn, keep x linear
+    log_axis(b, "y", ratios)
     b.set_title("KL relative to the noise floor (< 1: errors the network ignores)")
     b.set_xlabel("CP rank r")
     b.set_ylabel("KL / noise-floor KL (log scale)")
@@ -327,19 +386,24 @@ def _clip(label: str, width: int = 11) -> str:
 def plot_steering(curve: SteeringCurve) -> Figure:
     al = curve.alphas.numpy()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12.5, 4.4))
-    a.loglog(al, curve.measured_pos.numpy(), "o-", color=POS_COLOR, label="measured, +α")
-    a.loglog(al, curve.measured_neg.numpy(), "o-", color=NEG_COLOR, label="measured, −α")
-    a.loglog(al, curve.predicted_pos.numpy(), "--", color=POS_COLOR, label="no-norm prediction, +α")
-    a.loglog(al, curve.predicted_neg.numpy(), "--", color=NEG_COLOR, label="no-norm prediction, −α")
+    left = [curve.measured_pos, curve.measured_neg, curve.predicted_pos, curve.predicted_neg]
+    right = [curve.odd_measured, curve.odd_predicted, curve.even_measured, curve.even_predicted]
+    a.plot(al, curve.measured_pos.numpy(), "o-", color=POS_COLOR, label="measured, +α")
+    a.plot(al, curve.measured_neg.numpy(), "o-", color=NEG_COLOR, label="measured, −α")
+    a.plot(al, curve.predicted_pos.numpy(), "--", color=POS_COLOR, label="no-norm prediction, +α")
+    a.plot(al, curve.predicted_neg.numpy(), "--", color=NEG_COLOR, label="no-norm prediction, −α")
     a.axhline(curve.saturation, color="black", ls=":", label="limit ‖B(ŝ,ŝ) − MLP(z)‖ (|α| → ∞)")
     a.set_xlabel("|α|  (steering vector s added at resid_mid; α = 1: rms(αs) = mean rms of the residual)")
     a.set_ylabel("mean ‖ΔMLP‖ per position")
     a.set_title(f"Layer {curve.layer}: MLP output change under steering")
     a.legend(fontsize=8)
-    b.loglog(al, curve.odd_measured.numpy(), "o-", color="#6b46c1", label="odd part, measured")
-    b.loglog(al, curve.odd_predicted.numpy(), "--", color="#6b46c1", label="odd part, prediction 2α·M_s z")
-    b.loglog(al, curve.even_measured.numpy(), "o-", color="#2f855a", label="even part, measured")
-    b.loglog(al, curve.even_predicted.numpy(), "--", color="#2f855a", label="even part, prediction α²·B(s,s)")
+    b.plot(al, curve.odd_measured.numpy(), "o-", color="#6b46c1", label="odd part, measured")
+    b.plot(al, curve.odd_predicted.numpy(), "--", color="#6b46c1", label="odd part, prediction 2α·M_s z")
+    b.plot(al, curve.even_measured.numpy(), "o-", color="#2f855a", label="even part, measured")
+    b.plot(al, curve.even_predicted.numpy(), "--", color="#2f855a", label="even part, prediction α²·B(s,s)")
+    for ax, ys in ((a, left), (b, right)):
+        log_axis(ax, "x", al)
+        log_axis(ax, "y", *[y.numpy() for y in ys])
     b.set_xlabel("|α|")
     b.set_ylabel("mean norm")
     b.set_title("Sign loss: odd part ½‖Δ(α) − Δ(−α)‖ vanishes, even part saturates")
@@ -400,12 +464,13 @@ def plot_activation_diff(ad: ActivationDiff) -> Figure:
     pos = np.arange(P)
     chosen = [j for j, label in enumerate(ad.labels) if label == "embed" or label.endswith("mlp")]
     for j in chosen:
-        (line,) = a.semilogy(pos, ad.diff_norm[j].numpy(), "o-", ms=3, label=f"after {ad.labels[j]}")
+        (line,) = a.plot(pos, ad.diff_norm[j].numpy(), "o-", ms=3, label=f"after {ad.labels[j]}")
         b.plot(
             pos, ad.cos_to_mean[j].numpy(), "o-", ms=3, color=line.get_color(), label=f"after {ad.labels[j]}"
         )
     a.set_xlabel("position in the sequence")
     a.set_ylabel("‖δ_p‖ = ‖mean(h_ft − h_base)‖ (log scale)")
+    log_axis(a, "y", *[ad.diff_norm[j].numpy() for j in chosen])
     a.set_title("Mean residual difference by position (first position: attention sink)")
     a.legend(fontsize=7)
     b.set_xlabel("position in the sequence")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from data.comedies import write_comedy_shards
 from data.fineweb import MAX_TRAIN_SHARDS, download_fineweb
-from data.prepare import DEFAULT_SHARD_TOKENS, PrepareConfig, PrepareError, prepare
-from data.shakespeare import CorpusError, SplitSummary, prepare_shakespeare, summarize_shards
-from data.shards import ShardError
-from data.tokenizer import TokenizerFilesError
+from data.prepare import DEFAULT_SHARD_TOKENS, PrepareConfig, prepare
+from data.shakespeare import SplitSummary, prepare_shakespeare, summarize_shards
+from errors import run_cli
 
 
 def format_table(rows: list[SplitSummary], unit: str = "docs") -> str:
@@ -151,14 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (PrepareError, ShardError, CorpusError, TokenizerFilesError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    args.run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command under tnt's error policy: bad input, a missing package or a full disk print one line
+    ``error: <file>: <what is wrong>`` and return 1."""
+    return run_cli(run, argv, anticipated=(ImportError,))
 
 
 if __name__ == "__main__":

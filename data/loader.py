@@ -18,11 +18,13 @@ import torch
 
 from data.shards import read_shard
 from data.tokenizer import EOT_ID, VOCAB_SIZE, count_utf8_bytes
+from errors import TntError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 __all__ = [
     "Batch",
     "DistributedLoader",
+    "LoaderError",
     "TokenDataset",
     "TokenStream",
     "bits_per_byte",
@@ -30,6 +32,10 @@ __all__ = [
     "iter_val_batches",
     "val_bytes_per_token",
 ]
+
+
+class LoaderError(TntError, ValueError):
+    """The shards cannot serve what is asked (too few tokens for a window, a saved position that does not fit)."""
 
 
 class TokenStream:
@@ -40,7 +46,7 @@ class TokenStream:
             raise TypeError("files must be a sequence of paths, not a single path")
         self.files = [Path(f) for f in files]
         if not self.files:
-            raise ValueError("no shard files given")
+            raise LoaderError("no shard files given")
         self.shards = [read_shard(f, vocab_size) for f in self.files]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards], dtype=np.int64)
         self.n_tokens = int(self.offsets[-1])
@@ -109,7 +115,7 @@ class TokenDataset:
 
     def __init__(self, files: Sequence[str | Path], seq_len: int, seed: int = 0, bos_aligned: bool = False):
         if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+            raise LoaderError(f"seq_len must be >= 1, got {seq_len}")
         self.stream = TokenStream(files)
         self.seq_len = seq_len
         self.seed = seed
@@ -128,7 +134,7 @@ class TokenDataset:
                 if bos_aligned
                 else f"window of {seq_len + 1} tokens"
             )
-            raise ValueError(f"{self.stream.describe()} hold no {kind}")
+            raise LoaderError(f"{self.stream.describe()} hold no {kind}")
         self._permutations: dict[int, np.ndarray] = {}
 
     @property
@@ -156,7 +162,7 @@ class TokenDataset:
     def batch_windows(self, index: int, batch_size: int) -> np.ndarray:
         """int64 array [batch_size]: window ids of global micro-batch `index` (may span an epoch boundary)."""
         if index < 0 or batch_size < 1:
-            raise ValueError(
+            raise LoaderError(
                 f"need index >= 0 and batch_size >= 1, got index={index}, batch_size={batch_size}"
             )
         positions = index * batch_size + np.arange(batch_size, dtype=np.int64)
@@ -190,12 +196,12 @@ class DistributedLoader:
         self, dataset: TokenDataset, batch_size: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1
     ):
         if batch_size < 1 or world_size < 1 or grad_accum < 1:
-            raise ValueError(
+            raise LoaderError(
                 "batch_size, world_size and grad_accum must be >= 1, "
                 f"got {batch_size}, {world_size}, {grad_accum}"
             )
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+            raise LoaderError(f"rank must lie in [0, {world_size}), got {rank}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.rank = rank
@@ -236,20 +242,35 @@ class DistributedLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume at `state`. The geometry may change (e.g. 2 ranks × 1 → 1 rank × 2) only at a step boundary
         with the same micro-batches per step, which keeps the data order identical."""
+        self.check_state_dict(state)
+        self.step = int(state["step"])
+        self.micro_step = int(state["micro_step"])
+
+    def check_state_dict(self, state: dict[str, int]) -> None:
+        """Raise LoaderError unless `load_state_dict(state)` would resume this loader at a valid position."""
+        if not isinstance(state, dict):
+            raise LoaderError(f"a loader state is a dict of integers, got {type(state).__name__}")
+        keys = ("step", "micro_step", "batch_size", "world_size", "grad_accum")
+        for key in keys:
+            value = state.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key in keys[2:] else 0):
+                raise LoaderError(
+                    f"field {key!r} must be an integer >= {1 if key in keys[2:] else 0}, got {value!r}"
+                )
+        if state["micro_step"] >= state["grad_accum"]:
+            raise LoaderError(f"micro_step {state['micro_step']} must be < grad_accum {state['grad_accum']}")
         same_geometry = state["world_size"] == self.world_size and state["grad_accum"] == self.grad_accum
         per_step = state["world_size"] * state["grad_accum"]
         if state["batch_size"] != self.batch_size:
-            raise ValueError(
+            raise LoaderError(
                 f"saved batch_size {state['batch_size']} differs from this loader's {self.batch_size}"
             )
         if not same_geometry and (per_step != self.world_size * self.grad_accum or state["micro_step"] != 0):
-            raise ValueError(
+            raise LoaderError(
                 f"cannot resume a world_size={state['world_size']} x grad_accum={state['grad_accum']} loader "
                 f"(micro_step {state['micro_step']}) as world_size={self.world_size} "
                 f"x grad_accum={self.grad_accum}"
             )
-        self.step = int(state["step"])
-        self.micro_step = int(state["micro_step"])
 
 
 def val_window_ids(
@@ -263,7 +284,7 @@ def val_window_ids(
         return [(t * world_size + rank) * batch_size + np.arange(batch_size) for t in range(n_steps)]
     small = used // world_size
     if small < 1:
-        raise ValueError(f"{used} validation window(s) cannot be shared among {world_size} ranks")
+        raise LoaderError(f"{used} validation window(s) cannot be shared among {world_size} ranks")
     return [rank * small + np.arange(small)]
 
 
@@ -283,16 +304,16 @@ def iter_val_batches(
     what one rank with batch_size × world_size sees. Raises if the budget or data hold less than one window.
     """
     if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+        raise LoaderError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        raise LoaderError(f"rank must lie in [0, {world_size}), got {rank}")
     stream = TokenStream(files)
     n_windows = max(0, (stream.n_tokens - 1) // seq_len)
     if n_windows < 1:
-        raise ValueError(f"{stream.describe()} hold no validation window of {seq_len + 1} tokens")
+        raise LoaderError(f"{stream.describe()} hold no validation window of {seq_len + 1} tokens")
     max_windows = n_windows if max_tokens is None else max_tokens // seq_len
     if max_windows < 1:
-        raise ValueError(f"max_tokens={max_tokens} is less than one window of seq_len={seq_len} tokens")
+        raise LoaderError(f"max_tokens={max_tokens} is less than one window of seq_len={seq_len} tokens")
     for windows in val_window_ids(n_windows, batch_size, max_windows, rank, world_size):
         rows = torch.from_numpy(stream.gather(windows * seq_len, seq_len + 1).astype(np.int64))
         yield rows[:, :-1], rows[:, 1:]

@@ -30,13 +30,14 @@ from tqdm import tqdm
 
 from data import shards
 from data.tokenizer import EOT_ID, get_encoding
+from errors import TntError, writing
 
 SUFFIXES = (".txt", ".jsonl")
 DEFAULT_SHARD_TOKENS = 100_000_000  # modded-nanoGPT's FineWeb shard size
 SPLITS = ("train", "val")
 
 
-class PrepareError(ValueError):
+class PrepareError(TntError, ValueError):
     """An input cannot be turned into shards; the message names the file (and line or byte offset)."""
 
 
@@ -217,8 +218,9 @@ def write_documents(
 
     Previous shards of the same name are replaced; shards of a split left empty are not written.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}-prepare-"))
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}-prepare-"))
     try:
         writers = {split: ShardWriter(staging, name, split, shard_tokens) for split in SPLITS}
         non_empty = (doc for doc in documents if doc.text)

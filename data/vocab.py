@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from errors import TntError
+
 from .shards import read_shard
 from .tokenizer import EOT_ID, VOCAB_SIZE
 
 FULL_VOCAB_PADDED = 50304  # 50257 rounded up to a multiple of 128
 
 
-class VocabError(ValueError):
-    pass
+class VocabError(TntError, ValueError):
+    """A vocabulary entry is malformed, or data holds ids outside a compact vocabulary; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,42 @@ class CompactVocab:
         return cls(tuple(int(i) for i in np.flatnonzero(present)))
 
     @classmethod
-    def from_config(cls, config: dict) -> CompactVocab:
-        """Read the ``vocab`` entry of a checkpoint's config.json (absent = full)."""
-        entry = config.get("vocab") or {}
+    def from_config(cls, config: dict, source: str | Path = "config.json") -> CompactVocab:
+        """Read the ``vocab`` entry of a checkpoint's config.json (absent = full), checked: ``token_ids`` is null
+        or a non-empty list of distinct GPT-2 ids in [0, 50257). ``source`` (the file) prefixes messages."""
+        entry = config.get("vocab")
+        if entry is None:
+            return cls(None)
+        if not isinstance(entry, dict):
+            raise VocabError(f"{source}: field 'vocab' must be an object, got {type(entry).__name__}")
+        if entry.get("tokenizer", "gpt2") != "gpt2":
+            raise VocabError(f"{source}: field 'vocab.tokenizer' must be 'gpt2', got {entry['tokenizer']!r}")
         ids = entry.get("token_ids")
-        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, int) for i in ids)):
-            raise VocabError("config.json: vocab.token_ids must be a list of integers")
-        return cls(tuple(ids) if ids is not None else None)
+        if ids is None:
+            return cls(None)
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        ):
+            raise VocabError(
+                f"{source}: field 'vocab.token_ids' must be a non-empty list of integers or null"
+            )
+        bad = [i for i in ids if not 0 <= i < VOCAB_SIZE]
+        if bad:
+            raise VocabError(
+                f"{source}: field 'vocab.token_ids' holds ids outside the GPT-2 range [0, {VOCAB_SIZE}): {bad[:5]}"
+            )
+        if len(set(ids)) != len(ids):
+            raise VocabError(f"{source}: field 'vocab.token_ids' holds repeated ids")
+        return cls(tuple(ids))
+
+    def check_fits(self, embedding_rows: int, source: str | Path = "the model") -> None:
+        """Raise unless every model id of this vocabulary has an embedding row (``embedding_rows`` of them)."""
+        if self.size > embedding_rows:
+            raise VocabError(
+                f"{source}: the vocabulary has {self.size} tokens but the model only {embedding_rows} embedding rows"
+            )
 
     def to_config(self) -> dict:
         return {

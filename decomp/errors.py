@@ -1,5 +1,7 @@
 """The one exception type that `decomp` raises for bad input."""
 
+from errors import TntError
 
-class DecompError(ValueError):
+
+class DecompError(TntError, ValueError):
     """Invalid input to a decomposition routine (wrong layer kind, mismatched shapes, bad rank, ...)."""

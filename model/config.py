@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from errors import TntError
+
 MLP_KINDS = ("relu2", "gelu", "bilinear", "reglu", "geglu", "swiglu", "multilinear")
 # Gated kinds compute act(W1 x) * (W2 x) [* (W3 x) ...]; the activation applied to the first factor.
 GATED_ACTIVATION = {
@@ -16,8 +18,12 @@ GATED_ACTIVATION = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+class ConfigError(TntError, ValueError):
+    """A configuration value is invalid; the message names the field (and the file, when read from one)."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def round_to_multiple(x: float, multiple: int = 64) -> int:
@@ -54,9 +60,9 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.mlp not in MLP_KINDS:
+        if not isinstance(self.mlp, str) or self.mlp not in MLP_KINDS:
             raise ConfigError(f"GPTConfig.mlp must be one of {', '.join(MLP_KINDS)}; got {self.mlp!r}")
         if self.d_model % self.n_head:
             raise ConfigError(
@@ -66,15 +72,15 @@ class GPTConfig:
             raise ConfigError(
                 f"head dim d_model/n_head = {self.d_model // self.n_head} must be even (rotary)"
             )
-        if not isinstance(self.mlp_order, int) or self.mlp_order < 2:
+        if not _is_int(self.mlp_order) or self.mlp_order < 2:
             raise ConfigError(f"GPTConfig.mlp_order must be an integer >= 2, got {self.mlp_order!r}")
         if self.mlp != "multilinear" and self.mlp_order != 2:
             raise ConfigError(f"GPTConfig.mlp_order={self.mlp_order} only applies to mlp='multilinear'")
-        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden <= 0):
+        if self.mlp_hidden is not None and (not _is_int(self.mlp_hidden) or self.mlp_hidden <= 0):
             raise ConfigError(
                 f"GPTConfig.mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}"
             )
-        if self.window is not None and (not isinstance(self.window, int) or self.window <= 0):
+        if self.window is not None and (not _is_int(self.window) or self.window <= 0):
             raise ConfigError(f"GPTConfig.window must be a positive integer or None, got {self.window!r}")
         for name in ("norm_eps", "qk_norm_eps"):
             value = getattr(self, name)
@@ -84,8 +90,17 @@ class GPTConfig:
                 raise ConfigError(f"GPTConfig.{name} must be a number in (0, 1), got {value!r}")
         if not isinstance(self.qk_norm, bool):
             raise ConfigError(f"GPTConfig.qk_norm must be true or false, got {self.qk_norm!r}")
-        if self.logit_softcap is not None and self.logit_softcap <= 0:
-            raise ConfigError(f"GPTConfig.logit_softcap must be positive or None, got {self.logit_softcap!r}")
+        for name in ("value_embeds", "unet_skips", "norm_gain"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("logit_softcap", "rope_base"):
+            value = getattr(self, name)
+            if value is None and name == "logit_softcap":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise ConfigError(
+                    f"GPTConfig.{name} must be a positive number{' or None' * (name == 'logit_softcap')}, got {value!r}"
+                )
 
     @property
     def head_dim(self) -> int:
@@ -124,5 +139,5 @@ class GPTConfig:
             raise ConfigError(f"{source}: unknown GPTConfig field(s) {unknown}")
         try:
             return cls(**d)
-        except TypeError as e:
+        except (TypeError, ConfigError) as e:  # name the file: "<config.json>: GPTConfig.n_layer must be ..."
             raise ConfigError(f"{source}: {e}") from e

@@ -1,6 +1,9 @@
 """Checkpoint I/O for models: safetensors weights + JSON config, written atomically, never unpickled.
 
-A model directory holds ``model.safetensors`` and ``config.json`` ({"model": GPTConfig fields, ...}).
+A model directory holds ``model.safetensors`` and ``config.json`` ({"model": GPTConfig fields, ...}). A run folder
+holds checkpoint folders and ``LATEST``, one line naming the newest. Every file is validated where it is read:
+a bad one raises ``CheckpointError("<file>: <what is wrong>")``; a full or read-only disk raises
+``errors.StorageError("<file>: no space left on device")`` and leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -8,57 +11,91 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import safetensors.torch
 import torch
+
+from errors import TntError, storage_error, writing
 
 from .config import ConfigError, GPTConfig
 from .gpt import GPT
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE)  # what a folder needs to be a loadable model
 LATEST = "LATEST"  # in a run folder: the name of its newest checkpoint folder
+_LATEST_MAX_BYTES = 4096
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TntError, ValueError):
     """A checkpoint file is missing, truncated, corrupt or does not fit the model; the message names it."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``.
 
-    A reader never sees a half-written file: the old file (if any) stays until the new one is complete.
+    A reader never sees a half-written file: the old file (if any) stays until the new one is complete. On a
+    full or read-only disk the temporary file is removed and a StorageError names ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename inside ``folder`` durable (best effort: some file systems refuse to fsync a folder)."""
     try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_json(path: str | Path) -> dict:
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(path: str | Path, error: type[Exception] = CheckpointError) -> dict:
+    """The JSON object in ``path``; ``error`` (one line naming the file) if it is missing, unreadable or not an
+    object. NaN and Infinity, which Python's json would accept, are refused."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
+        raise error(f"{path}: file not found")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+        raw = path.read_bytes()
+    except OSError as e:
+        raise storage_error(e, path) from e
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a text file (invalid UTF-8 at byte {e.start})") from e
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise error(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]})") from e
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+        raise error(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
@@ -73,8 +110,40 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise CheckpointError(f"{path}: file not found")
     try:
         return safetensors.torch.load_file(str(path), device=str(device))
+    except OSError as e:
+        raise storage_error(e, path) from e
     except Exception as e:  # safetensors raises its own error type for truncated/corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        reason = " ".join(str(e).split())[:160]
+        raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from e
+
+
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
+    """The first (name, tensor) among floating tensors holding inf or NaN; None when all are finite.
+
+    One device synchronisation for all tensors (the name is looked up only after a failure).
+    """
+    items = [
+        (n, t) for n, t in named if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+    ]
+    if not items:
+        return None
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(items):
+        by_device.setdefault(t.device, []).append(i)
+    ok = torch.ones(len(items), dtype=torch.bool)
+    for indices in by_device.values():  # one reduction and one copy to the host per device
+        ok[indices] = torch.stack([torch.isfinite(items[i][1].detach()).all() for i in indices]).cpu()
+    if bool(ok.all()):
+        return None
+    return items[int((~ok).nonzero()[0, 0])]
+
+
+def describe_nonfinite(t: torch.Tensor) -> str:
+    """'3 inf, 1 nan of 4096 values'."""
+    t = t.detach()
+    n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    parts = [f"{n_inf} inf"] * bool(n_inf) + [f"{n_nan} nan"] * bool(n_nan)
+    return f"{', '.join(parts)} of {t.numel()} values"
 
 
 def save_model(model: GPT, directory: str | Path, extra_config: dict | None = None) -> None:
@@ -84,20 +153,56 @@ def save_model(model: GPT, directory: str | Path, extra_config: dict | None = No
     atomic_write_json(directory / CONFIG_FILE, {"model": model.config.to_dict(), **(extra_config or {})})
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (its LATEST file names the checkpoint) or a checkpoint folder -> the checkpoint folder."""
+def missing_files(folder: str | Path, files: Iterable[str] = MODEL_FILES) -> list[str]:
+    """The names among ``files`` that are not regular files in ``folder`` (empty: the folder is complete)."""
+    folder = Path(folder)
+    return [f for f in files if not (folder / f).is_file()]
+
+
+def read_latest(run_dir: str | Path) -> str:
+    """The checkpoint folder name that ``run_dir/LATEST`` holds, checked to be one plain folder name."""
+    path = Path(run_dir) / LATEST
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_LATEST_MAX_BYTES + 1)
+    except OSError as e:
+        raise storage_error(e, path) from e
+    hint = "it should hold one line naming a checkpoint folder, e.g. ckpt_000100"
+    if len(raw) > _LATEST_MAX_BYTES:
+        raise CheckpointError(f"{path}: too large for a {LATEST} file ({hint})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a text file (binary data; {hint})") from None
+    lines = text.strip().splitlines()
+    name = lines[0].strip() if len(lines) == 1 else ""
+    if not name:
+        raise CheckpointError(f"{path}: {'empty' if not lines else 'more than one line'} ({hint})")
+    if not name.isprintable() or "/" in name or "\\" in name or name.startswith("."):
+        raise CheckpointError(f"{path}: {name[:60]!r} is not a checkpoint folder name ({hint})")
+    return name
+
+
+def resolve_checkpoint(path: str | Path, required: Iterable[str] = MODEL_FILES) -> Path:
+    """A run folder (its LATEST file names the checkpoint) or a checkpoint folder -> the checkpoint folder.
+
+    The folder must hold every file in ``required`` (a model's by default; the trainer asks for its own).
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder (expected a run folder or a checkpoint folder)")
     if (p / LATEST).is_file():
-        name = (p / LATEST).read_text().strip()
-        if not name or not (p / name).is_dir():
-            raise CheckpointError(f"{p / LATEST} names {name!r}, which is not a checkpoint folder in {p}")
+        name = read_latest(p)
+        if not (p / name).is_dir():
+            raise CheckpointError(f"{p / LATEST}: names {name!r}, which is not a checkpoint folder in {p}")
         p = p / name
-    if not (p / CONFIG_FILE).is_file():
+    elif not p.is_dir() or not (p / CONFIG_FILE).is_file():
         raise CheckpointError(
             f"{p}: no checkpoint here, not a checkpoint folder (expected a {LATEST} file or {CONFIG_FILE})"
         )
+    missing = missing_files(p, required)
+    if missing:
+        raise CheckpointError(f"{p}: incomplete checkpoint folder (missing {', '.join(missing)})")
     return p
 
 
@@ -112,26 +217,42 @@ def load_config(directory: str | Path) -> GPTConfig:
         raise CheckpointError(str(e)) from e
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> GPT:
-    """Build the GPT described by ``directory/config.json`` and load ``model.safetensors`` into it."""
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu", allow_nonfinite: bool = False
+) -> GPT:
+    """Build the GPT described by ``directory/config.json`` and load ``model.safetensors`` into it.
+
+    Refused, naming the tensor: missing or unexpected tensors, wrong shapes or dtypes, and inf/NaN values (a
+    diverged run; ``allow_nonfinite`` loads them anyway, for post-mortems).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found")
     model = GPT(load_config(directory))
-    state = load_tensors(directory / WEIGHTS_FILE, device="cpu")
+    path = directory / WEIGHTS_FILE
+    state = load_tensors(path, device="cpu")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{directory / WEIGHTS_FILE}: tensors do not match config.json "
+            f"{path}: tensors do not match config.json "
             f"(missing {missing[:5]}{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]})"
         )
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
-                f"{directory / WEIGHTS_FILE}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                 f"config.json implies {tuple(expected[name].shape)}"
             )
+        if tensor.is_floating_point() != expected[name].is_floating_point():
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {tensor.dtype}, expected {expected[name].dtype}"
+            )
+    if not allow_nonfinite and (bad := first_nonfinite(state.items())) is not None:
+        raise CheckpointError(
+            f"{path}: tensor {bad[0]!r} holds non-finite values ({describe_nonfinite(bad[1])}); the run had "
+            "diverged when this was saved: use an earlier checkpoint"
+        )
     model.load_state_dict(state)
     return model.to(device)
