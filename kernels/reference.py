@@ -1,21 +1,24 @@
 """Pure-torch reference of the gated products: the oracle for the Triton kernels and the CPU training path.
 
 Everything here is plain differentiable torch: autograd, ``torch.compile`` and CPU training need nothing else.
-Shapes: ``up`` is [..., k·h] holding the k factors side by side; the result is [..., h].
+Shapes: ``up`` is [..., k·h] holding the k factors side by side; the result is [..., h]. Order k = 1 is the
+plain activation (the relu2 and gelu MLPs).
 """
 
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS: tuple[str, ...] = ("identity", "relu", "gelu", "silu")
+ACTIVATIONS: tuple[str, ...] = ("identity", "relu", "relu2", "gelu", "silu")
 
 
 def activation(a: torch.Tensor, act: str) -> torch.Tensor:
-    """act(a) elementwise; ``gelu`` is the tanh approximation 0.5·a·(1 + tanh(√(2/π)·(a + 0.044715·a³)))."""
+    """act(a) elementwise; ``relu2`` is relu(a)², ``gelu`` the tanh form 0.5·a·(1 + tanh(√(2/π)·(a + 0.044715·a³)))."""
     if act == "identity":
         return a
     if act == "relu":
         return F.relu(a)
+    if act == "relu2":
+        return F.relu(a).square()
     if act == "gelu":
         return F.gelu(a, approximate="tanh")
     if act == "silu":

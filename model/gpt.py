@@ -122,9 +122,11 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # [..., h]: the hidden activation fed to P
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.order == 1:
-            a = self.hook_pre(self.c_fc(x))
-            hidden = F.relu(a).square() if self.kind == "relu2" else F.gelu(a, approximate="tanh")
+        if self.order == 1:  # relu2 / gelu: the kind names its activation
+            if self.hook_pre.active:
+                hidden = kernels.gated_product(self.hook_pre(self.c_fc(x)), self.kind, 1)
+            else:  # one GEMM with relu² (gelu) in its epilogue on the fused path
+                hidden = kernels.fused_up_product(x, self.c_fc.weight, self.kind, 1)
         else:
             act = GATED_ACTIVATION[self.kind]
             if self.hook_pre.active or self.hook_pre_linear.active:
@@ -132,7 +134,7 @@ class MLP(nn.Module):
                 first = self.hook_pre(up[..., : self.hidden])
                 rest = self.hook_pre_linear(up[..., self.hidden :])
                 hidden = kernels.gated_product(torch.cat((first, rest), dim=-1), act, self.order)
-            else:  # one kernel reads x and the stacked weight; no [.., k·h] intermediate on the fused path
+            else:  # one GEMM reads x and the stacked weight, the product in its epilogue on the fused path
                 hidden = kernels.fused_up_product(x, self.c_fc.weight, act, self.order)
         return self.c_proj(self.hook_post(hidden))
 
