@@ -18,6 +18,7 @@ from pathlib import Path
 from analysis.cli import HelpFormatter, add_threads_argument, any_int_list, int_list
 from analysis.diff import DiffOptions, build_diff_report
 from analysis.errors import AnalysisError
+from analysis.readable import ReadableOptions
 from analysis.report import DEFAULT_KS, DEFAULT_RANKS, ReportOptions, build_report
 
 
@@ -80,9 +81,58 @@ def report_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=any_int_list, default=None, help="only these layers (comma-separated)")
     p.add_argument("--steer-sequences", type=int, default=4, help="validation sequences used for steering")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise floor")
+    g = p.add_argument_group("readable eigenvectors: token frequencies, dashboards, data-weighted truncation")
+    g.add_argument(
+        "--min-count",
+        type=int,
+        default=20,
+        help="readouts through W_E list only tokens seen at least this often in the training shards (0: all)",
+    )
+    g.add_argument(
+        "--train-files",
+        default=None,
+        help="glob of the shards to count tokens in (default: train.train_files)",
+    )
+    g.add_argument("--count-tokens", type=int, default=20_000_000, help="training tokens counted at most")
+    g.add_argument(
+        "--act-tokens",
+        type=int,
+        default=32768,
+        help="validation tokens of the activation pass (dashboards, EV)",
+    )
+    g.add_argument("--dashboard-top", type=int, default=8, help="top contexts per dashboard")
+    g.add_argument(
+        "--dashboard-components", type=int, default=6, help="CP components with a dashboard per layer"
+    )
+    g.add_argument(
+        "--context", type=any_int_list, default="12,4", help="tokens shown before,after each top context"
+    )
+    g.add_argument(
+        "--trunc-tokens",
+        type=int,
+        default=1024,
+        help="most frequent tokens of the per-output-token truncation (one eigendecomposition each; 0: skip)",
+    )
+    g.add_argument(
+        "--two-layer",
+        type=any_int_list,
+        default=None,
+        help="first layers L of the pairs (L, L+1) analysed as two-layer tensors (default: every bilinear pair)",
+    )
+    g.add_argument(
+        "--two-layer-ranks", type=int_list, default="16,64", help="CP ranks of the ALS of each order"
+    )
+    g.add_argument("--no-cache", action="store_true", help="recompute the activation pass (no DIR/cache/)")
+    g.add_argument("--no-readable", action="store_true", help="skip all of these stages")
     add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _context(values: tuple[int, ...]) -> tuple[int, int]:
+    if len(values) != 2:
+        raise SystemExit(f"error: --context takes two numbers BEFORE,AFTER, got {values}")
+    return values[0], values[1]
 
 
 def report_main(argv: list[str] | None = None) -> int:
@@ -106,6 +156,21 @@ def report_main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         progress=not args.no_progress,
+        readable=None
+        if args.no_readable
+        else ReadableOptions(
+            min_count=args.min_count,
+            train_files=args.train_files,
+            count_tokens=args.count_tokens,
+            act_tokens=args.act_tokens,
+            dashboard_top=args.dashboard_top,
+            dashboard_components=args.dashboard_components,
+            context=_context(args.context),
+            trunc_tokens=args.trunc_tokens,
+            two_layer=list(args.two_layer) if args.two_layer is not None else None,
+            two_layer_ranks=args.two_layer_ranks,
+            cache=not args.no_cache,
+        ),
     )
     start = time.perf_counter()
     try:
@@ -148,6 +213,13 @@ def diff_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pca-point", type=int, default=-1, help="lens point (index; -1 = after the last block) for PCA"
     )
+    p.add_argument(
+        "--act-tokens",
+        type=int,
+        default=16384,
+        help="validation tokens of the dashboards' activation pass (0: none)",
+    )
+    p.add_argument("--dashboard-top", type=int, default=8, help="top contexts per dashboard")
     add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -169,6 +241,8 @@ def diff_main(argv: list[str] | None = None) -> int:
         top_k=args.top_k,
         als_iters=args.als_iters,
         pca_point=args.pca_point,
+        act_tokens=args.act_tokens,
+        dashboard_top=args.dashboard_top,
         threads=args.threads,
         progress=not args.no_progress,
     )

@@ -16,12 +16,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from analysis import plots
+from analysis.activations import cached_activations
 from analysis.checkpoint import load_checkpoint
 from analysis.cli import torch_threads
+from analysis.dashboards import cards_html, cards_markdown
 from analysis.errors import AnalysisError
 from analysis.faithfulness import cp_layer_kinds
 from analysis.html import Report, Table
 from analysis.model_diff import activation_diff, check_comparable, weight_diff
+from analysis.readable import diff_dashboards
 from analysis.report import n_valid_tokens
 from analysis.tokens import TokenText
 from analysis.valdata import load_val_tokens
@@ -42,6 +45,8 @@ class DiffOptions:
     top_k: int = 8
     als_iters: int = 60
     pca_point: int = -1
+    act_tokens: int = 16384
+    dashboard_top: int = 8
     threads: int = 1
     progress: bool = True
 
@@ -86,6 +91,22 @@ def _build_diff_report(opts: DiffOptions) -> Path:
     act = activation_diff(
         base, ft, val, token_text, n_valid, seq_len, opts.pca_point, k=opts.top_k, batch_size=opts.batch_size
     )
+    dashboards = {}
+    with_cp = [d for d in diffs if d.cp is not None and d.components]
+    if with_cp and opts.act_tokens > 0:
+        windows = load_val_tokens(
+            files, base_ck.seq_len, opts.act_tokens, base_ck.vocab, base.config.vocab_size
+        )
+        acts, _ = cached_activations(
+            ft,
+            ft_ck.path,
+            windows.x,
+            [d.layer for d in with_cp],
+            opts.out / "cache",
+            opts.batch_size,
+            opts.progress,
+        )
+        dashboards = {d.layer: diff_dashboards(d, acts, opts.dashboard_top) for d in with_cp}
     elapsed = time.perf_counter() - start
 
     r = Report(f"tnt model diff — {base_ck.name} → {ft_ck.name}", opts.out)
@@ -160,6 +181,14 @@ def _build_diff_report(opts: DiffOptions) -> Path:
                 mono_columns=(2, 3, 4, 5),
             )
         )
+        if d.layer in dashboards:
+            cards = dashboards[d.layer]
+            r.text(
+                f"Dashboards of these terms on the fine-tuned model's activations ({acts.n_positions:,} validation "
+                "positions): activation λ(b·x̂)(c·x̂), the coefficient of the term's unit output direction a; the "
+                "positions where it is largest in magnitude, as snippets (position's token highlighted)."
+            )
+            r.html(cards_html(cards, acts.tokens, token_text), cards_markdown(cards, acts.tokens, token_text))
 
     r.heading("Activation-based diff (mean residual difference on unrelated text)")
     r.figure(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from analysis.dashboards import CSS as DASHBOARD_CSS
 from analysis.plots import save_figure
 from model.io import atomic_write_bytes
 
@@ -29,6 +30,8 @@ td.tok { font-family: ui-monospace, 'DejaVu Sans Mono', monospace; white-space: 
 .note { background: #fffbea; border-left: 4px solid #d69e2e; padding: .5em 1em; margin: 1em 0; }
 code { background: #edf2f7; padding: 0 .25em; border-radius: 3px; white-space: pre; }
 nav ul { columns: 2; }
+td a { text-decoration: none; }
+details > summary { cursor: pointer; color: #2b6cb0; margin: .5em 0; }
 """
 
 
@@ -38,6 +41,7 @@ class Table:
     rows: list[list[str]]
     caption: str = ""
     mono_columns: tuple[int, ...] = ()  # columns holding token text (shown in a monospace font)
+    links: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, column) -> href of that cell
 
 
 @dataclass
@@ -71,6 +75,10 @@ class Report:
     def table(self, table: Table) -> None:
         self.blocks.append(("table", table))
 
+    def html(self, html_text: str, markdown: str, summary: str | None = None) -> None:
+        """Ready-made HTML (e.g. dashboard cards) and its Markdown; with ``summary``, folded in <details>."""
+        self.blocks.append(("html", (html_text, markdown, summary)))
+
     def write(self) -> Path:
         """Write index.html and report.md; returns the path of index.html."""
         index = self.out_dir / "index.html"
@@ -102,10 +110,15 @@ class Report:
                 )
             elif kind == "table":
                 body.append(_table_html(payload))
+            elif kind == "html":
+                raw, _, summary = payload
+                body.append(
+                    f"<details><summary>{html.escape(summary)}</summary>{raw}</details>" if summary else raw
+                )
         nav = f"<nav><ul>{''.join(toc)}</ul></nav>" if toc else ""
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body>\n"
+            f"<title>{html.escape(self.title)}</title><style>{CSS}{DASHBOARD_CSS}</style></head>\n<body>\n"
             f"<h1>{html.escape(self.title)}</h1>\n{nav}\n" + "\n".join(body) + "\n</body></html>\n"
         )
 
@@ -128,6 +141,9 @@ class Report:
                 out.append("|" + "---|" * len(t.header))
                 out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
                 out.append("")
+            elif kind == "html":
+                _, markdown, summary = payload
+                out += ([f"*{summary}*", ""] if summary else []) + [markdown, ""]
         return "\n".join(out)
 
 
@@ -139,14 +155,18 @@ def _inline_html(text: str) -> str:
 def _table_html(t: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
     rows = []
-    for row in t.rows:
+    for i, row in enumerate(t.rows):
         cells = "".join(
-            f'<td class="tok">{html.escape(c)}</td>' if j in t.mono_columns else f"<td>{html.escape(c)}</td>"
+            ('<td class="tok">' if j in t.mono_columns else "<td>") + _cell(c, t.links.get((i, j))) + "</td>"
             for j, c in enumerate(row)
         )
         rows.append(f"<tr>{cells}</tr>")
     caption = f"<caption>{_inline_html(t.caption)}</caption>" if t.caption else ""
     return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _cell(text: str, href: str | None) -> str:
+    return f'<a href="{html.escape(href)}">{html.escape(text)}</a>' if href else html.escape(text)
 
 
 def _md_cell(text: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from tensorly.cp_tensor import CPTensor
 
 from analysis.errors import AnalysisError
 from analysis.kl import kl_divergence
@@ -66,6 +67,7 @@ class LayerWeightDiff:
     rank_errors: list[tuple[int, float]] = field(default_factory=list)
     components: list[ComponentReadout] = field(default_factory=list)
     note: str = ""
+    cp: CPTensor | None = field(default=None, repr=False)  # the rank-``rank`` fit, unit factor columns
 
     @property
     def relative_change(self) -> float:
@@ -96,9 +98,10 @@ def weight_diff(
         errors = [(r, cp_als(diff, r, n_iter_max=als_iters, tol=1e-8).rel_error) for r in sweep if r != rank]
     except DecompError as e:
         return LayerWeightDiff(layer, base_norm, diff_norm, rank, float("nan"), note=str(e))
-    components = component_readouts(cp_normalize(als.cp), w_e, w_u, n_components, k, token_text.display)
+    fit = cp_normalize(als.cp)
+    components = component_readouts(fit, w_e, w_u, n_components, k, token_text.display)
     errors = sorted([*errors, (rank, als.rel_error)])
-    return LayerWeightDiff(layer, base_norm, diff_norm, rank, als.rel_error, errors, components)
+    return LayerWeightDiff(layer, base_norm, diff_norm, rank, als.rel_error, errors, components, cp=fit)
 
 
 @dataclass

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from analysis import plots
+from analysis import plots, readable
 from analysis.checkpoint import Checkpoint, load_checkpoint
 from analysis.cli import torch_threads
 from analysis.errors import AnalysisError
 from analysis.faithfulness import LayerFaithfulness, build_replacements, cp_layer_kinds, evaluate_replacements
 from analysis.html import Report, Table
 from analysis.logit_lens import LogitLens, logit_lens
+from analysis.readable import ReadableOptions, ReadableResults
 from analysis.spectra import LayerSpectra, layer_spectra, top_eigenvector
 from analysis.steering import SteeringCurve, steering_sweep
 from analysis.tokens import TokenText, display_text, parse_token_texts
@@ -56,6 +57,7 @@ class ReportOptions:
     seed: int = 0
     threads: int = 1
     progress: bool = True
+    readable: ReadableOptions | None = field(default_factory=ReadableOptions)  # None: skip those stages
 
 
 @dataclass
@@ -70,6 +72,7 @@ class ReportResults:
     steering: list[SteeringCurve] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     n_val_tokens: int = 0
+    readable: ReadableResults | None = None
 
 
 class _Timer:
@@ -127,10 +130,24 @@ def run_analyses(opts: ReportOptions) -> ReportResults:
         val = load_val_tokens(files, ckpt.seq_len, opts.val_tokens, ckpt.vocab, model.config.vocab_size)
         results.tokens = choose_tokens(opts, ckpt, token_text, files)
         results.n_val_tokens = val.n_tokens
+    rd, ro = None, opts.readable
+    if ro is not None and bilinear:
+        with _Timer(t, "token counts, activation pass"):
+            rd = readable.prepare(ckpt, ro, bilinear, files, opts.out, opts.batch_size, opts.progress)
+    results.readable = rd
     with _Timer(t, "spectra"):
         for i in tqdm(bilinear, desc="spectra of Q(u)", disable=not opts.progress):
             results.spectra.append(
-                layer_spectra(model, i, results.tokens, token_text, n_valid, opts.n_eigen, opts.n_top)
+                layer_spectra(
+                    model,
+                    i,
+                    results.tokens,
+                    token_text,
+                    n_valid,
+                    opts.n_eigen,
+                    opts.n_top,
+                    **readable.spectra_inputs(rd, i),
+                )
             )
     with _Timer(t, "compression (ALS, top-k)"):
         reps = build_replacements(
@@ -140,6 +157,23 @@ def run_analyses(opts: ReportOptions) -> ReportResults:
         results.faithfulness = evaluate_replacements(
             model, val, reps, opts.batch_size, opts.noise_seeds, opts.seed, opts.progress
         )
+    if rd is not None:
+        with _Timer(t, "dashboards, data truncation, two-layer tensors"):
+            readable.analyse(
+                rd,
+                ro,
+                model,
+                results.spectra,
+                reps,
+                val,
+                token_text,
+                n_valid,
+                bilinear,
+                list(opts.ks),
+                opts.batch_size,
+                opts.seed,
+                opts.progress,
+            )
     with _Timer(t, "logit lens"):
         results.lens = logit_lens(model, val, opts.batch_size, n_valid)
     with _Timer(t, "steering"):
@@ -184,6 +218,8 @@ def write_report(opts: ReportOptions, res: ReportResults, elapsed: float) -> Pat
         + ", ".join(f"`{token_text.display(t)}`" for t in res.tokens)
         + (" (the most frequent validation tokens)." if not opts.tokens else " (chosen with --tokens).")
     )
+    if res.readable is not None:
+        r.text(readable.summary_text(res.readable, token_text, n_valid_tokens(ckpt)))
     for i, why in sorted(res.skipped.items()):
         r.note(f"Layer {i} skipped: {why}.")
     for i in res.cp_layers:
@@ -211,7 +247,8 @@ def write_report(opts: ReportOptions, res: ReportResults, elapsed: float) -> Pat
     for i in res.cp_layers:
         r.heading(f"Layer {i}")
         if i in spectra:
-            layer_spectra_section(r, spectra[i], res.faithfulness.get(i))
+            layer_spectra_section(r, spectra[i], res.faithfulness.get(i), res.readable)
+        readable.dashboards_section(r, i, res.readable, token_text)
         if i in res.faithfulness:
             f = res.faithfulness[i]
             r.figure(
@@ -234,6 +271,7 @@ def write_report(opts: ReportOptions, res: ReportResults, elapsed: float) -> Pat
                 "(the sign of α is lost).",
             )
 
+    readable.composition_section(r, res.readable, token_text)
     if res.lens is not None:
         r.heading("Logit lens")
         r.figure(
@@ -262,6 +300,8 @@ def write_report(opts: ReportOptions, res: ReportResults, elapsed: float) -> Pat
         f"replacement error ({opts.noise_seeds} seeds). Top-k truncation keeps, for each left singular vector "
         "u_j of P, the k largest-|λ| eigencomponents of Q(u_j)."
     )
+    if res.readable is not None:
+        r.text(readable.method_text(res.readable))
     r.text(
         "Timings (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items())
@@ -274,7 +314,9 @@ def write_report(opts: ReportOptions, res: ReportResults, elapsed: float) -> Pat
     return index
 
 
-def layer_spectra_section(r: Report, spec: LayerSpectra, faith: LayerFaithfulness | None) -> None:
+def layer_spectra_section(
+    r: Report, spec: LayerSpectra, faith: LayerFaithfulness | None, rd: ReadableResults | None = None
+) -> None:
     i = spec.layer
     r.figure(
         plots.plot_spectra(spec),
@@ -288,41 +330,8 @@ def layer_spectra_section(r: Report, spec: LayerSpectra, faith: LayerFaithfulnes
         f"layer{i}_eigen_tokens",
         f"Layer {i}: input tokens whose embeddings align most (blue) and least (red) with each leading eigenvector.",
     )
-    rows = []
-    for ts in spec.tokens:
-        for ro in ts.readouts:
-            rows.append(
-                [
-                    ts.label,
-                    f"v{ro.index + 1}",
-                    f"{ro.eigenvalue:+.3g}",
-                    " ".join(f"'{e.text}'" for e in ro.inputs.positive[:5]),
-                    " ".join(f"'{e.text}'" for e in ro.inputs.negative[:5]),
-                    " ".join(f"'{e.text}'" for e in ro.outputs.positive[:5]),
-                ]
-            )
-    r.table(
-        Table(
-            [
-                "output token",
-                "eigvec",
-                "λ",
-                "inputs: W_E·v highest",
-                "inputs: W_E·v lowest",
-                "outputs: W_U·B(v,v) highest",
-            ],
-            rows,
-            f"Layer {i}: token readouts of the leading eigenvectors",
-            mono_columns=(0, 3, 4, 5),
-        )
-    )
-    r.figure(
-        plots.plot_truncation(spec, faith),
-        f"layer{i}_truncation",
-        f"Layer {i}: truncation curves. Left: relative error of Q(u) keeping its top-k eigenpairs. Right: KL of the "
-        "whole MLP truncated to k eigencomponents per output direction (labels: relative error of the symmetric "
-        "tensor).",
-    )
+    r.table(readable.readout_table(spec, rd))
+    readable.truncation_figure(r, spec, faith, rd)
 
 
 def summary_table(res: ReportResults) -> Table:
@@ -415,5 +424,6 @@ def summary_json(opts: ReportOptions, res: ReportResults) -> dict:
             if res.lens
             else None
         ),
+        "readable": readable.to_json(res.readable),
         "timings_s": res.timings,
     }

@@ -142,3 +142,39 @@ class TokenText:
 def parse_token_texts(texts: Sequence[str], token_text: TokenText) -> list[int]:
     """Model ids of user-given token texts (command-line escapes \\n, \\t, \\xNN understood)."""
     return [token_text.encode_single(unescape_text(t)) for t in texts]
+
+
+@dataclass
+class TokenFrequency:
+    """How often each model id occurs in a token sample: counts [n_rows] over ``n_tokens`` tokens of ``source``.
+
+    ``allowed`` keeps the ids seen at least ``min_count`` times (min_count 0: every id): readouts through W_E
+    list only those, since a rare token's embedding has barely moved from its random initialisation and its
+    large norm would put it at the top of any readout.
+    """
+
+    counts: torch.Tensor
+    n_tokens: int
+    source: str
+    min_count: int
+
+    @property
+    def allowed(self) -> torch.Tensor:
+        return self.counts >= self.min_count
+
+    def count(self, model_id: int) -> int:
+        return int(self.counts[int(model_id)])
+
+    def describe(self, token_text: TokenText, n_valid: int, n_examples: int = 5) -> str:
+        """One sentence on what the filter keeps and drops (with the most frequent dropped tokens)."""
+        kept = int(self.allowed[:n_valid].sum())
+        if self.min_count <= 0:
+            return f"Token readouts through W_E list every token (counts from {self.n_tokens:,} tokens of {self.source})."
+        dropped = (~self.allowed[:n_valid]).nonzero()[:, 0]
+        top = dropped[self.counts[dropped].argsort(descending=True)[:n_examples]]
+        examples = ", ".join(f"{token_text.label(int(t))} ×{self.count(int(t))}" for t in top)
+        return (
+            f"Token readouts through W_E list only the {kept:,} of {n_valid:,} tokens seen at least "
+            f"{self.min_count} times in {self.n_tokens:,} tokens of {self.source} (the other {n_valid - kept:,} "
+            f"keep nearly random embeddings; the most frequent of them: {examples}). Counts are shown as ×n."
+        )

@@ -1,7 +1,10 @@
 """Token readouts: eigenvectors and CP components read through W_E (inputs) and W_U (outputs).
 
-Decoding ids to strings is the caller's: every function takes an optional ``decode: Callable[[int], str]``.
-W_E, W_U are [vocab, d] (one row per token). None of these builds a vocab × vocab × vocab object.
+Decoding ids to strings is the caller's: every function takes an optional ``decode: Callable[[int], str]``,
+and an optional ``allowed`` mask (bool [vocab]) that restricts the listed tokens, e.g. to those frequent enough
+in the training data for their embeddings to have been trained (a rare token keeps a large random embedding
+and would otherwise top every readout through W_E). W_E, W_U are [vocab, d] (one row per token). None of these
+builds a vocab × vocab × vocab object.
 """
 
 from __future__ import annotations
@@ -59,31 +62,55 @@ class ComponentReadout:
     inputs: list[TopTokens]
 
 
-def top_tokens(scores: torch.Tensor, k: int = 10, decode: Decode | None = None) -> TopTokens:
-    """The k highest and k lowest entries of scores [vocab]."""
+def top_tokens(
+    scores: torch.Tensor, k: int = 10, decode: Decode | None = None, allowed: torch.Tensor | None = None
+) -> TopTokens:
+    """The k highest and k lowest entries of scores [vocab] (among the ``allowed`` tokens, bool [vocab])."""
     if scores.ndim != 1:
         raise DecompError(f"token scores must be 1-D [vocab], got shape {tuple(scores.shape)}")
     if not isinstance(k, int) or k <= 0:
         raise DecompError(f"k must be a positive integer, got {k!r}")
-    k = min(k, scores.shape[0])
     s = scores.detach().float().cpu()
-    hi = s.topk(k)
-    lo = (-s).topk(k)
+    if allowed is None:
+        ids = torch.arange(s.shape[0])
+    else:
+        if allowed.shape != s.shape or allowed.dtype != torch.bool:
+            raise DecompError(
+                f"allowed must be a bool mask of shape {tuple(s.shape)}, got {tuple(allowed.shape)}"
+            )
+        ids = allowed.cpu().nonzero()[:, 0]
+    k = min(k, ids.shape[0])
+    hi = ids[s[ids].topk(k).indices]
+    lo = ids[(-s[ids]).topk(k).indices]
 
     def entries(idx: torch.Tensor) -> list[TokenScore]:
         return [TokenScore(int(i), float(s[i]), decode(int(i)) if decode else None) for i in idx]
 
-    return TopTokens(entries(hi.indices), entries(lo.indices))
+    return TopTokens(entries(hi), entries(lo))
 
 
-def input_tokens(v: torch.Tensor, w_e: torch.Tensor, k: int = 10, decode: Decode | None = None) -> TopTokens:
-    """Tokens whose embedding aligns with v [d]: scores W_E v [vocab], both signs."""
+def input_tokens(
+    v: torch.Tensor,
+    w_e: torch.Tensor,
+    k: int = 10,
+    decode: Decode | None = None,
+    allowed: torch.Tensor | None = None,
+) -> TopTokens:
+    """Tokens whose embedding aligns with v [d]: scores W_E v [vocab], both signs.
+
+    Any [vocab, d] table of token vectors works in place of W_E, e.g. each token's mean layer input on data.
+    """
     _check_vec(v, w_e, "W_E")
-    return top_tokens(w_e @ v.to(w_e), k, decode)
+    return top_tokens(w_e @ v.to(w_e), k, decode, allowed)
 
 
 def output_tokens(
-    cp: CPTensor, v: torch.Tensor, w_u: torch.Tensor, k: int = 10, decode: Decode | None = None
+    cp: CPTensor,
+    v: torch.Tensor,
+    w_u: torch.Tensor,
+    k: int = 10,
+    decode: Decode | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> TopTokens:
     """Tokens promoted / suppressed by feeding v [d_in] to every input: scores W_U B(v, …, v) [vocab].
 
@@ -91,7 +118,7 @@ def output_tokens(
     """
     out = cp_apply(cp, v)
     _check_vec(out, w_u, "W_U")
-    return top_tokens(w_u @ out.to(w_u), k, decode)
+    return top_tokens(w_u @ out.to(w_u), k, decode, allowed)
 
 
 def eigen_readouts(
@@ -102,8 +129,11 @@ def eigen_readouts(
     n: int | None = None,
     k: int = 10,
     decode: Decode | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> list[EigenReadout]:
-    """Token readouts of the first n eigenpairs (by |λ|) of one interaction matrix (unbatched `eig`)."""
+    """Token readouts of the first n eigenpairs (by |λ|) of one interaction matrix (unbatched `eig`).
+
+    ``allowed`` (bool [vocab]) restricts the input tokens; outputs are scored over every token."""
     if eig.values.ndim != 1:
         raise DecompError("eigen_readouts takes the eigendecomposition of a single Q(u), not a batch")
     n = eig.k if n is None else min(n, eig.k)
@@ -112,7 +142,10 @@ def eigen_readouts(
         v = eig.vectors[:, i]
         out.append(
             EigenReadout(
-                i, float(eig.values[i]), input_tokens(v, w_e, k, decode), output_tokens(cp, v, w_u, k, decode)
+                i,
+                float(eig.values[i]),
+                input_tokens(v, w_e, k, decode, allowed),
+                output_tokens(cp, v, w_u, k, decode),
             )
         )
     return out
@@ -125,8 +158,11 @@ def component_readouts(
     n: int | None = None,
     k: int = 10,
     decode: Decode | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> list[ComponentReadout]:
-    """Token readouts of the n largest rank-one terms of a CP tensor (e.g. a compressed weight diff)."""
+    """Token readouts of the n largest rank-one terms of a CP tensor (e.g. a compressed weight diff).
+
+    ``allowed`` (bool [vocab]) restricts the input tokens; outputs are scored over every token."""
     cp = check_cp(cp)
     norms = torch.stack([f.norm(dim=0) for f in cp.factors]).prod(0)
     magnitude = (cp.weights * norms).abs()
@@ -137,7 +173,7 @@ def component_readouts(
     out = []
     for r in order[:n].tolist():
         output = top_tokens(w_u @ cp.factors[0][:, r].to(w_u), k, decode)
-        inputs = [input_tokens(f[:, r], w_e, k, decode) for f in cp.factors[1:]]
+        inputs = [input_tokens(f[:, r], w_e, k, decode, allowed) for f in cp.factors[1:]]
         out.append(ComponentReadout(r, float(magnitude[r]), output, inputs))
     return out
 
