@@ -214,9 +214,13 @@ def prune_configs(
 
 @functools.cache
 def _device_limits(index: int) -> tuple[int, int]:
-    """(compute capability as 10·major + minor, opt-in shared memory per block in bytes) of a CUDA device."""
-    props = torch.cuda.get_device_properties(index)
-    return 10 * props.major + props.minor, props.shared_memory_per_block_optin
+    """(compute capability as 10·major + minor, shared memory per block in bytes) of a CUDA device.
+
+    The limit is the one Triton's launcher checks a kernel against (out of resources above it).
+    """
+    major, minor = torch.cuda.get_device_capability(index)
+    smem = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+    return 10 * major + minor, smem
 
 
 def _early_config_prune(configs, named_args: dict, **kwargs) -> list[triton.Config]:

@@ -99,8 +99,8 @@ def test_fused_up_product_fp32_at_each_matmul_precision(setting, rtol, act, orde
 def test_autotuner_keeps_only_configs_that_fit_this_device():
     from kernels import triton_matmul as tm
 
-    props = torch.cuda.get_device_properties(0)
-    capability, limit = 10 * props.major + props.minor, props.shared_memory_per_block_optin
+    major, minor = torch.cuda.get_device_capability(0)
+    capability, limit = 10 * major + minor, torch.cuda.get_device_properties(0).shared_memory_per_block_optin
     for dtype in (torch.bfloat16, torch.float32):
         for act, order in [("relu2", 1), ("silu", 2), ("identity", 4)]:
             x = torch.empty(16, 16, device="cuda", dtype=dtype)
