@@ -59,7 +59,9 @@ def test_training_lowers_the_loss_and_logs_in_speedrun_format(corpus, capsys):
     assert last_val < first_val - 0.5
     out = capsys.readouterr().out
     assert "step:30/30 val_loss:" in out and "train_time:" in out and "step_avg:" in out and "val_bpb:" in out
-    assert " train_time:0ms " in out.split("step:0/30 val_loss:")[1].splitlines()[0]  # set-up and warm-up untimed
+    assert (
+        " train_time:0ms " in out.split("step:0/30 val_loss:")[1].splitlines()[0]
+    )  # set-up and warm-up untimed
     assert "sample: " in out
     assert f"val_loss {last_val:.4f} vs interpolated bigram {result['bigram_val_loss']:.4f}" in out
     assert 1.0 < result["bigram_val_loss"] < np.log(40)  # 3 successors per state: ln 3 ≈ 1.1 is the floor
