@@ -88,8 +88,8 @@ class CheckConfig:
     )
     val_files: str = field(default="", metadata={"help": "val shard glob ('' = the bundle's Shakespeare)"})
     train_args: str = field(default="", metadata={"help": "extra train.py flags, one shell-quoted string"})
-    pytest_timeout: float = field(default=110.0, metadata={"help": "seconds for pytest -m gpu"})
-    bench_timeout: float = field(default=80.0, metadata={"help": "seconds for the kernel timing bench"})
+    pytest_timeout: float = field(default=90.0, metadata={"help": "seconds for pytest -m gpu"})
+    bench_timeout: float = field(default=150.0, metadata={"help": "seconds for the kernel timing bench"})
     train_timeout: float = field(
         default=0.0,
         metadata={"help": "seconds per training run, compile included; 0 = an equal share of the time left"},
