@@ -12,9 +12,13 @@ import torch
 
 from data.tokenizer import get_encoding
 from data.vocab import CompactVocab
-from errors import run_cli
+from errors import TntError, run_cli
 from model import GPT, load_model
 from model.io import CONFIG_FILE, read_json, resolve_checkpoint
+
+
+class SampleError(TntError):
+    """The model cannot be sampled (its logits are not finite: corrupt or diverged weights)."""
 
 
 @torch.no_grad()
@@ -41,6 +45,11 @@ def sample(
     model.eval()
     for _ in range(n_tokens):
         logits = model(ids[:, -context:].to(device))[0, -1].float().cpu()
+        if not bool(torch.isfinite(logits).all()):
+            raise SampleError(
+                f"the model's logits are not finite after {ids.shape[1]} tokens (inf or nan): its weights are "
+                "corrupt or the run diverged"
+            )
         top = (logits / max(temperature, 1e-6)).topk(min(top_k, vocab.size))
         nxt = top.indices[torch.multinomial(top.values.softmax(-1), 1, generator=gen)]
         ids = torch.cat((ids, nxt[None]), dim=1)

@@ -25,6 +25,7 @@ import re
 import shutil
 import types
 import typing
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
@@ -347,7 +348,9 @@ def _torch_load(path: Path):
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on the pickle protocol: not for the user
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused: it holds Python objects other than tensors and plain containers "
@@ -467,6 +470,10 @@ def read_rng(ckpt: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path}: tensor {key!r} holds {t.numel()} bytes, a {key} RNG state {sizes[key]}"
             )
+    try:  # the CPU generator checks its state's contents too: try it on a throwaway generator
+        torch.Generator().set_state(rng["torch"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: tensor 'torch' is not a valid CPU generator state ({e})") from e
     return rng
 
 
