@@ -71,7 +71,7 @@ def layer_pair_composition(
     n_directions: int = 3,
     n_through: int = 2,
     n_top: int = 6,
-    max_positions: int = 8192,
+    max_positions: int = 4096,
 ) -> LayerPairComposition:
     """The composition of bilinear layers first and first + 1 (see the module docstring)."""
     cp1 = cp_from_model(model, first, fold_norm=True, dtype=torch.float64)

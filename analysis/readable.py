@@ -147,7 +147,7 @@ def eigen_dashboards(
             v = ts.vectors[:, j].to(x)
             lam = ro.eigenvalue
             lines = [
-                f"W_E·v: {_tokens(ro.inputs, freq)} | lowest {_tokens(ro.inputs, freq, negative=True)}",
+                f"Ê·v: {_tokens(ro.inputs, freq)} | lowest {_tokens(ro.inputs, freq, negative=True)}",
                 f"W_U·B(v,v): {' '.join(repr(e.text) for e in ro.outputs.positive[:4])}",
             ]
             if ts.mean_input_readouts is not None:
@@ -266,10 +266,12 @@ def analyse(
         for ts in spec.tokens:
             eig = eigendecompose(cp, token_direction(model.w_u.detach().double(), ts.token, g_f))
             lr.explained[ts.token] = explained_variance(eig, x)
-        if ro.trunc_tokens > 0:
-            lr.token_truncation = per_token_truncation(
-                model, val, i, ks, trunc_ids, batch_size, seed, progress
-            )
+    if ro.trunc_tokens > 0 and spectra:
+        layers = [spec.layer for spec in spectra]
+        for i, tt in per_token_truncation(
+            model, val, layers, ks, trunc_ids, batch_size, seed, progress
+        ).items():
+            rd.layers[i].token_truncation = tt
     for i, layer_reps in reps.items():
         rep = smallest_compression(layer_reps)
         if rep is None or i not in acts.xhat:

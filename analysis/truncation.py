@@ -91,74 +91,85 @@ def _softcap(raw: torch.Tensor, cap: float | None) -> torch.Tensor:
     return raw if cap is None else cap * torch.tanh(raw / cap)
 
 
-def per_token_truncation(
-    model: GPT,
-    val: ValTokens,
-    layer: int,
-    ks: list[int],
-    token_ids: list[int],
-    batch_size: int = 8,
-    seed: int = 0,
-    progress: bool = True,
-) -> TokenTruncation:
-    """KL of the per-output-token truncation of bilinear ``layer`` (see the module docstring) for k in ks."""
-    cp = cp_from_model(model, layer, fold_norm=True, dtype=torch.float32)
-    ids = torch.as_tensor(token_ids, dtype=torch.long)
-    g_f = model.final_norm_gain().detach().float()
-    w_u = model.w_u.detach().float()
-    u = w_u[ids] * g_f  # [M, d]
-    k_max = min(max(ks), u.shape[1])
+def _truncated_spectra(cp, u: torch.Tensor, k_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(λ [M, K], V [d, M·K]): the top-K |λ| eigenpairs of Q(u_t) for each row u_t of u [M, d]."""
     values, vectors = [], []
     for chunk in u.split(256):
         eig = eigh_sorted(interaction_matrix(cp, chunk), k_max)
         values.append(eig.values)  # [m, K]
         vectors.append(eig.vectors)  # [m, d, K]
-    lam = torch.cat(values)  # [M, K]
-    vec = torch.cat(vectors).permute(1, 0, 2).reshape(u.shape[1], -1)  # [d, M·K]
-    gain = model.mlp_norm_gain(layer).detach().float()
+    return torch.cat(values), torch.cat(vectors).permute(1, 0, 2).reshape(u.shape[1], -1)
+
+
+def per_token_truncation(
+    model: GPT,
+    val: ValTokens,
+    layers: list[int],
+    ks: list[int],
+    token_ids: list[int],
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[int, TokenTruncation]:
+    """KL of the per-output-token truncation of each bilinear layer (module docstring) for k in ks.
+
+    One forward pass per batch serves every layer (each layer is truncated on its own)."""
+    ids = torch.as_tensor(token_ids, dtype=torch.long)
+    g_f = model.final_norm_gain().detach().float()
+    w_u = model.w_u.detach().float()
+    u = w_u[ids] * g_f  # [M, d]
+    k_max = min(max(ks), u.shape[1])
+    cps = {i: cp_from_model(model, i, fold_norm=True, dtype=torch.float32) for i in layers}
+    spectra = {i: _truncated_spectra(cps[i], u, k_max) for i in layers}
+    gains = {i: model.mlp_norm_gain(i).detach().float() for i in layers}
     final = get_act_name("resid_post", model.config.n_layer - 1)
-    names = [get_act_name("resid_mid", layer), mlp_input_hook(layer), final, "ln_f.hook_normalized"]
+    names = [final, "ln_f.hook_normalized"]
+    names += [n for i in layers for n in (get_act_name("resid_mid", i), mlp_input_hook(i))]
     cap = model.config.logit_softcap
     slot = torch.full((w_u.shape[0],), -1, dtype=torch.long)  # vocab id -> its index in S (−1: not in S)
     slot[ids] = torch.arange(len(ids))
-    sums = {k: [0.0, 0.0, 0.0] for k in ks}
+    sums = {i: {k: [0.0, 0.0, 0.0] for k in ks} for i in layers}
     mass, base, n_pos = 0.0, 0.0, 0
     gen = torch.Generator().manual_seed(seed)
     n_batches = -(-val.x.shape[0] // batch_size)
+    bar = tqdm(val.batches(batch_size), total=n_batches, desc="per-token truncation", disable=not progress)
     with torch.inference_mode():
-        for x, y in tqdm(
-            val.batches(batch_size),
-            total=n_batches,
-            desc=f"per-token truncation L{layer}",
-            disable=not progress,
-        ):
+        for x, y in bar:
             logits, cache = model.run_with_cache(x, names_filter=names)
             ref = ReferenceLogits(logits)
-            xh = normalised_input(cache, layer, gain)
             n_f = cache["ln_f.hook_normalized"].float()
             raw = n_f @ w_u[ids].T  # the logits of S before the soft-cap [B, T, M]
             capped = _softcap(raw, cap)
             if n_pos == 0 and not torch.allclose(capped, logits[..., ids].float(), atol=1e-3, rtol=1e-3):
                 raise AnalysisError("per-token truncation: W_U·N_f(x) does not reproduce the model's logits")
-            r_f = (g_f * cache[final].float()).norm(dim=-1) / n_f.norm(dim=-1).clamp_min(
-                1e-30
-            )  # rms of the final residual
-            exact = cp_apply(cp, xh) @ u.T  # y_t = u_t·MLP [B, T, M]
-            proj = (xh @ vec).view(*xh.shape[:-1], len(ids), k_max)
-            cum = (proj.pow(2) * lam).cumsum(-1)  # y_t^(k) for k = 1..K
-            mass += float(ref.p[..., ids].sum())
+            # rms of the final residual: N_f(r) = g_f ⊙ r / rms(r)
+            r_f = (g_f * cache[final].float()).norm(dim=-1) / n_f.norm(dim=-1).clamp_min(1e-30)
+            p_s = ref.p[..., ids]
+            mass += float(p_s.sum())
             base += float((ref.lse - ref.logits.gather(-1, y[..., None])[..., 0]).sum())
             n_pos += x.numel()
-            p_s = ref.p[..., ids]
-            for k in ks:
-                delta = (cum[..., min(k, k_max) - 1] - exact) / r_f[..., None]
-                kl, loss = sparse_kl_and_loss(ref, p_s, capped - _softcap(raw + delta, cap), slot, y)
-                noise = torch.randn(delta.shape, generator=gen)
-                noise *= delta.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-                kl_noise, _ = sparse_kl_and_loss(ref, p_s, capped - _softcap(raw + noise, cap), slot, y)
-                s = sums[k]
-                s[0] += float(kl.sum())
-                s[1] += float(kl_noise.sum())
-                s[2] += float(loss.sum())
-    points = [TokenTruncationPoint(k, s[0] / n_pos, s[1] / n_pos, s[2] / n_pos) for k, s in sums.items()]
-    return TokenTruncation(layer, [int(t) for t in ids], mass / n_pos, base / n_pos, points)
+            for i in layers:
+                lam, vec = spectra[i]
+                xh = normalised_input(cache, i, gains[i])
+                exact = cp_apply(cps[i], xh) @ u.T  # y_t = u_t·MLP [B, T, M]
+                proj = (xh @ vec).view(*xh.shape[:-1], len(ids), k_max)
+                cum = (proj.pow(2) * lam).cumsum(-1)  # y_t^(k) for k = 1..K
+                for k in ks:
+                    delta = (cum[..., min(k, k_max) - 1] - exact) / r_f[..., None]
+                    kl, loss = sparse_kl_and_loss(ref, p_s, capped - _softcap(raw + delta, cap), slot, y)
+                    noise = torch.randn(delta.shape, generator=gen)
+                    noise *= delta.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(
+                        1e-30
+                    )
+                    kl_noise, _ = sparse_kl_and_loss(ref, p_s, capped - _softcap(raw + noise, cap), slot, y)
+                    s = sums[i][k]
+                    s[0] += float(kl.sum())
+                    s[1] += float(kl_noise.sum())
+                    s[2] += float(loss.sum())
+    out = {}
+    for i in layers:
+        points = [
+            TokenTruncationPoint(k, s[0] / n_pos, s[1] / n_pos, s[2] / n_pos) for k, s in sums[i].items()
+        ]
+        out[i] = TokenTruncation(i, [int(t) for t in ids], mass / n_pos, base / n_pos, points)
+    return out

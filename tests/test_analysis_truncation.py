@@ -73,7 +73,7 @@ def test_per_token_truncation_kl_equals_a_direct_computation():
     tokens = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(6))
     val = ValTokens(tokens[:, :-1], tokens[:, 1:])
     layer, ids, ks = 0, [2, 5, 11, 30, 63], [1, 3, 16]
-    res = per_token_truncation(model, val, layer, ks, ids, batch_size=2, progress=False)
+    res = per_token_truncation(model, val, [1, layer], ks, ids, batch_size=2, progress=False)[layer]
     # direct: dense Q(u_t) per token, truncated; logits patched by (y^(k) − y)/r_f, soft-capped; dense KL
     cp = cp_from_model(model, layer)
     dense = cp_to_dense(cp).numpy()
