@@ -194,6 +194,19 @@ class GPT(HookedRootModule):
     def mlp_order(self, layer: int) -> int:
         return self.blocks[layer].mlp.order
 
+    def projection_blocks(self) -> dict[str, tuple[int, ...]]:
+        """Row-block sizes of each weight that stacks several linear maps along its rows, by parameter name.
+
+        ``blocks.{i}.attn.c_qkv.weight`` [3d, d] -> (d, d, d): W_Q, W_K, W_V;
+        ``blocks.{i}.mlp.c_fc.weight`` [k·h, d] -> (h,)·k: W_1 … W_k. Weights not listed hold one map each.
+        """
+        out: dict[str, tuple[int, ...]] = {}
+        for i, block in enumerate(self.blocks):
+            if block.attn is not None:
+                out[f"blocks.{i}.attn.c_qkv.weight"] = (self.config.d_model,) * 3
+            out[f"blocks.{i}.mlp.c_fc.weight"] = (block.mlp.hidden,) * block.mlp.order
+        return out
+
     def w_in(self, layer: int) -> list[torch.Tensor]:
         """The k input projections W_1..W_k, each [h, d], as views of the stacked [k·h, d] weight."""
         mlp = self.blocks[layer].mlp
