@@ -220,6 +220,12 @@ def diff_parser() -> argparse.ArgumentParser:
         help="validation tokens of the dashboards' activation pass (0: none)",
     )
     p.add_argument("--dashboard-top", type=int, default=8, help="top contexts per dashboard")
+    p.add_argument(
+        "--min-count",
+        type=int,
+        default=20,
+        help="readouts through W_E list only tokens seen at least this often in the training shards (0: all)",
+    )
     add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -243,6 +249,7 @@ def diff_main(argv: list[str] | None = None) -> int:
         pca_point=args.pca_point,
         act_tokens=args.act_tokens,
         dashboard_top=args.dashboard_top,
+        min_count=args.min_count,
         threads=args.threads,
         progress=not args.no_progress,
     )

@@ -24,7 +24,7 @@ from analysis.errors import AnalysisError
 from analysis.faithfulness import cp_layer_kinds
 from analysis.html import Report, Table
 from analysis.model_diff import activation_diff, check_comparable, weight_diff
-from analysis.readable import diff_dashboards
+from analysis.readable import ReadableOptions, diff_dashboards, token_frequency
 from analysis.report import n_valid_tokens
 from analysis.tokens import TokenText
 from analysis.valdata import load_val_tokens
@@ -46,6 +46,7 @@ class DiffOptions:
     als_iters: int = 60
     pca_point: int = -1
     act_tokens: int = 16384
+    min_count: int = 20
     dashboard_top: int = 8
     threads: int = 1
     progress: bool = True
@@ -73,6 +74,7 @@ def _build_diff_report(opts: DiffOptions) -> Path:
     files = base_ck.val_files(opts.val_files)
     val = load_val_tokens(files, base_ck.seq_len, opts.val_tokens, base_ck.vocab, base.config.vocab_size)
 
+    freq = token_frequency(base_ck, ReadableOptions(min_count=opts.min_count), files, ft.config.vocab_size)
     diffs = [
         weight_diff(
             base,
@@ -85,6 +87,7 @@ def _build_diff_report(opts: DiffOptions) -> Path:
             opts.n_components,
             opts.top_k,
             opts.als_iters,
+            freq.allowed,
         )
         for i in tqdm(layers, desc="weight diffs (implicit ALS)", disable=not opts.progress)
     ]
@@ -117,6 +120,7 @@ def _build_diff_report(opts: DiffOptions) -> Path:
         f"{act.diff_norm.shape[1]} positions each. Mean KL(base ‖ fine-tuned) over those positions: "
         f"{float(act.kl_by_position.mean()):.4f} nats/token."
     )
+    r.text(freq.describe(token_text, n_valid))
     for i, why in sorted(skipped.items()):
         r.note(f"Layer {i}: no weight diff ({why}).")
     r.figure(

@@ -85,8 +85,10 @@ def weight_diff(
     n_components: int = 4,
     k: int = 8,
     als_iters: int = 60,
+    allowed: torch.Tensor | None = None,
 ) -> LayerWeightDiff:
-    """Compress B_ft − B_base of ``layer`` to ``rank`` (implicit ALS) and read its top terms as tokens."""
+    """Compress B_ft − B_base of ``layer`` to ``rank`` (implicit ALS) and read its top terms as tokens
+    (input tokens only among ``allowed``, bool [≥ n_valid], when given)."""
     diff = layer_diff_cp(ft, base, layer)
     base_norm = float(cp_norm(cp_from_model(base, layer)))
     diff_norm = float(cp_norm(diff))
@@ -99,7 +101,8 @@ def weight_diff(
     except DecompError as e:
         return LayerWeightDiff(layer, base_norm, diff_norm, rank, float("nan"), note=str(e))
     fit = cp_normalize(als.cp)
-    components = component_readouts(fit, w_e, w_u, n_components, k, token_text.display)
+    allowed = None if allowed is None else allowed[:n_valid]
+    components = component_readouts(fit, w_e, w_u, n_components, k, token_text.display, allowed)
     errors = sorted([*errors, (rank, als.rel_error)])
     return LayerWeightDiff(layer, base_norm, diff_norm, rank, als.rel_error, errors, components, cp=fit)
 
