@@ -97,8 +97,9 @@ def report_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--act-tokens",
         type=int,
-        default=32768,
-        help="validation tokens of the activation pass (dashboards, EV)",
+        default=None,
+        help="validation tokens of the activation pass (dashboards, EV); default 32768 for the 4×128 demo, fewer "
+        "for larger models (at most 2^24 cached values)",
     )
     g.add_argument("--dashboard-top", type=int, default=8, help="top contexts per dashboard")
     g.add_argument(
@@ -110,8 +111,9 @@ def report_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--trunc-tokens",
         type=int,
-        default=1024,
-        help="most frequent tokens of the per-output-token truncation (one eigendecomposition each; 0: skip)",
+        default=None,
+        help="most frequent tokens of the per-output-token truncation (one eigendecomposition each and layer; "
+        "default 1024 at d = 128, fewer for larger d; 0: skip)",
     )
     g.add_argument(
         "--two-layer",

@@ -41,6 +41,20 @@ from decomp.tokens import input_tokens
 from model import GPT
 
 MEAN_INPUT_MIN_COUNT = 5  # a token's mean layer input is shown only from at least this many positions
+ACT_VALUES = (
+    2**24
+)  # default activation pass: at most this many cached values (positions × d × layers, 32 MiB)
+TRUNC_COST = 1024 * 128**3  # default per-token truncation: at most this many d³ eigendecompositions' worth
+
+
+def default_act_tokens(d: int, n_layers: int) -> int:
+    """32,768 tokens for the 4×128 demo; fewer for wider or deeper models (the cache holds x̂ of every layer)."""
+    return max(1, min(32768, ACT_VALUES // max(1, d * n_layers)))
+
+
+def default_trunc_tokens(d: int) -> int:
+    """1024 tokens at d = 128; fewer for larger d (one d×d eigendecomposition per token and layer, O(d³))."""
+    return max(16, min(1024, TRUNC_COST // d**3))
 
 
 @dataclass
@@ -50,11 +64,11 @@ class ReadableOptions:
     min_count: int = 20
     train_files: str | None = None
     count_tokens: int = 20_000_000
-    act_tokens: int = 32768
+    act_tokens: int | None = None  # None: default_act_tokens
     dashboard_top: int = 8
     dashboard_components: int = 6
     context: tuple[int, int] = (12, 4)
-    trunc_tokens: int = 1024
+    trunc_tokens: int | None = None  # None: default_trunc_tokens; 0: skip
     two_layer: list[int] | None = None
     two_layer_ranks: tuple[int, ...] = (16, 64)
     cache: bool = True
@@ -113,7 +127,8 @@ def prepare(
     model = ckpt.model
     n_rows = model.config.vocab_size
     freq = token_frequency(ckpt, ro, val_files, n_rows)
-    windows = load_val_tokens(val_files, ckpt.seq_len, ro.act_tokens, ckpt.vocab, n_rows)
+    act_tokens = ro.act_tokens or default_act_tokens(model.config.d_model, len(layers))
+    windows = load_val_tokens(val_files, ckpt.seq_len, max(act_tokens, ckpt.seq_len), ckpt.vocab, n_rows)
     cache_dir = out / "cache" if ro.cache else None
     acts, how = cached_activations(model, ckpt.path, windows.x, layers, cache_dir, batch_size, progress)
     res = ReadableResults(freq, acts, how, ro.context)
@@ -255,7 +270,8 @@ def analyse(
 ) -> None:
     """Dashboards, data-weighted truncation and two-layer compositions (fills rd.layers, rd.compositions)."""
     acts = rd.acts
-    trunc_ids = [int(t) for t in rd.freq.counts[:n_valid].topk(min(ro.trunc_tokens, n_valid)).indices]
+    n_trunc = default_trunc_tokens(model.config.d_model) if ro.trunc_tokens is None else ro.trunc_tokens
+    trunc_ids = [int(t) for t in rd.freq.counts[:n_valid].topk(min(n_trunc, n_valid)).indices]
     for spec in tqdm(spectra, desc="dashboards and data truncation", disable=not progress):
         i = spec.layer
         lr = rd.layers.setdefault(i, LayerReadable())
@@ -266,7 +282,7 @@ def analyse(
         for ts in spec.tokens:
             eig = eigendecompose(cp, token_direction(model.w_u.detach().double(), ts.token, g_f))
             lr.explained[ts.token] = explained_variance(eig, x)
-    if ro.trunc_tokens > 0 and spectra:
+    if n_trunc > 0 and spectra:
         layers = [spec.layer for spec in spectra]
         for i, tt in per_token_truncation(
             model, val, layers, ks, trunc_ids, batch_size, seed, progress
