@@ -40,6 +40,7 @@ from sample import sample
 from training.budget import CALIBRATION_SKIP, CALIBRATION_STEPS, StepBudget, Stopwatch
 from training.checkpoint import load_training_state, save_checkpoint
 from training.distributed import Dist, setup_distributed
+from training.muon import Muon, momentum_at
 from training.runlog import RunLog
 
 __all__ = [
@@ -100,6 +101,10 @@ class TrainConfig:
     )
     muon_lr: float = 0.05
     muon_momentum: float = 0.95
+    muon_momentum_warmup: int = field(
+        default=0, metadata={"help": "steps of Muon momentum warm-up from --muon-momentum-start; 0 = off"}
+    )
+    muon_momentum_start: float = 0.85
     embed_lr: float = 0.6
     head_lr: float = 0.008
     scalar_lr: float = 0.04
@@ -195,6 +200,7 @@ PRESETS: dict[str, dict] = {
         val_tokens=10_485_760,
         value_embeds=True,
         unet_skips=True,
+        muon_momentum_warmup=300,  # record #21: Muon momentum 0.85 -> 0.95 over the first 300 steps
     ),
 }
 
@@ -276,8 +282,10 @@ def build_model(cfg: TrainConfig, vocab: CompactVocab, source: Path | None, fine
 
 
 def build_optimizers(model: GPT, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Muon for the hidden matrices (attention and MLP weights); Adam for embeddings, head and scalars."""
-    hidden = [p for n, p in model.blocks.named_parameters() if p.ndim == 2]
+    """Muon for the hidden matrices (attention and MLP weights); Adam for embeddings, head and scalars.
+
+    Returns [adam, muon]; every param group carries ``initial_lr``, which ``Trainer.train_step`` scales.
+    """
     scalars = [p for n, p in model.named_parameters() if p.ndim < 2]
     embeds = [model.wte.weight, *(e.weight for e in model.value_embeds)]
     groups = [
@@ -287,12 +295,15 @@ def build_optimizers(model: GPT, cfg: TrainConfig) -> list[torch.optim.Optimizer
     ]
     groups = [g for g in groups if g["params"]]
     adam = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=1e-10)
-    muon = torch.optim.Muon(
-        hidden,
+    # tnt's Muon orthogonalises each projection of the stacked weights (Q, K, V; W_1..W_k) separately.
+    rows = model.projection_blocks()
+    hidden = [(n, p) for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
+    muon = Muon(
+        [p for _, p in hidden],
         lr=cfg.muon_lr,
         momentum=cfg.muon_momentum,
         weight_decay=cfg.weight_decay,
-        adjust_lr_fn="original",
+        blocks={p: rows[n] for n, p in hidden if n in rows},
     )
     for opt in (adam, muon):
         for g in opt.param_groups:
@@ -385,14 +396,19 @@ class Trainer:
             self.val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, dist_.world
         )
 
-    def train_step(self, lr_mult: float) -> torch.Tensor:
-        """One optimizer step at lr × ``lr_mult`` over grad_accum micro-batches and all ranks; the mean loss.
-
-        A non-finite loss leaves the weights untouched: the gradients are dropped before any optimizer step.
+    def train_step(self, lr_mult: float, step: int) -> torch.Tensor:
+        """Optimizer step number ``step`` at lr × ``lr_mult`` over grad_accum micro-batches and all ranks; the mean
+        loss. A non-finite loss leaves the weights untouched: the gradients are dropped before any optimizer step.
         """
+        cfg = self.cfg
         for opt in self.optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * lr_mult
+        if cfg.muon_momentum_warmup:
+            for g in self.optimizers[1].param_groups:
+                g["momentum"] = momentum_at(
+                    step, cfg.muon_momentum_warmup, cfg.muon_momentum_start, cfg.muon_momentum
+                )
         total = torch.zeros((), device=self.device)
         for _ in range(self.grad_accum):
             x, y = self.loader.next_batch()
@@ -422,7 +438,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
         }
         for s in range(steps):
-            self.train_step(lr_multiplier(s / self.cfg.steps, self.cfg))
+            self.train_step(lr_multiplier(s / self.cfg.steps, self.cfg), s)
         self.model.load_state_dict(initial["model"])
         for o, s in zip(self.optimizers, initial["opt"], strict=True):
             o.load_state_dict(s)
@@ -511,7 +527,7 @@ class Trainer:
                         self.validate()
                 if last:
                     break
-                loss = self.train_step(lr_multiplier(self.step / self.budget.total_steps, cfg))
+                loss = self.train_step(lr_multiplier(self.step / self.budget.total_steps, cfg), self.step)
                 if not torch.isfinite(loss):
                     raise self.diverged(loss)
                 self.step += 1

@@ -248,3 +248,11 @@ def test_sample_cli_continues_the_prompt(corpus):
         [sys.executable, "sample.py", str(corpus["root"])], cwd=REPO, capture_output=True, text=True
     )
     assert bad.returncode != 0 and "no checkpoint here" in bad.stderr
+
+
+def test_muon_momentum_warmup_follows_record_21s_ramp(corpus):
+    train.main(tiny_args(corpus, "mom", "--muon-momentum-warmup", "100", "--muon-momentum-start", "0.85"))
+    saved = torch.load(corpus["root"] / "runs" / "mom" / "ckpt_000008" / "optimizer.pt", weights_only=True)
+    (group,) = saved[1]["param_groups"]  # [adam, muon]
+    assert group["momentum"] == pytest.approx(0.85 + (0.95 - 0.85) * 7 / 100)  # set before step 7 (0-based)
+    assert group["blocks"] and all(len(b) in (1, 2, 3) for b in group["blocks"])

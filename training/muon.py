@@ -8,9 +8,9 @@ Why tnt writes its own rather than using ``torch.optim.Muon``:
   orthogonalised and scaled by its own shape, as modded-nanoGPT does with its separate matrices.
 - **Distributed.** With ``torch.distributed`` initialised, each rank orthogonalises its share of the block
   matrices and the results are all-gathered, so no rank repeats the others' work.
-- **Precision per device.** The iteration runs in bf16 where matmuls have bf16 units (CUDA; CPUs with
-  AVX512-BF16 or AMX) and in fp32 elsewhere: on an AVX2-only CPU a bf16 matmul is ~6× slower than fp32,
-  while on an AVX512-BF16 CPU it is several times faster (``default_ns_dtype``; BENCHMARKS.md).
+- **Precision per device.** The iteration runs in bf16 on CUDA and in fp32 on CPU (``default_ns_dtype``):
+  on an AVX2-only CPU a bf16 matmul is ~6× slower than fp32 (``torch.optim.Muon``'s bf16 iteration took half
+  of a cpu-demo step there), and fp32 keeps CPU runs reproducible across rank counts.
 - **The current iteration.** modded-nanoGPT's Polar Express coefficients (Amsel, Persson, Musco, Gower 2025,
   arXiv:2505.16932), five steps, instead of torch's fixed quintic.
 
@@ -25,7 +25,6 @@ the same key and meaning as ``torch.optim.Muon``, whose checkpoints therefore lo
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,17 +71,9 @@ def polar_express(g: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return x.reshape(g.shape)
 
 
-@functools.cache
-def _cpu_has_bf16_matmul() -> bool:
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu probes, 2.1+
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
 def default_ns_dtype(device: torch.device) -> torch.dtype:
-    """The iteration's precision on ``device``: bf16 on CUDA and on CPUs with bf16 matmul units, else fp32."""
-    if device.type == "cuda" or (device.type == "cpu" and _cpu_has_bf16_matmul()):
-        return torch.bfloat16
-    return torch.float32
+    """The iteration's precision on ``device``: bf16 on CUDA, fp32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def momentum_at(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
