@@ -87,17 +87,18 @@ def run_subprocess(args: list[str], timeout: float = 120) -> Outcome:
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
-def tiny_model_and_optimizers(seed: int = 0) -> tuple[GPT, list[torch.optim.Optimizer]]:
+def tiny_model_and_optimizers(seed: int = 0, device: str = "cpu") -> tuple[GPT, list[torch.optim.Optimizer]]:
     """A 2×16 bilinear GPT with Adam and torch's Muon after one step, so the optimizers hold moments."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, mlp="bilinear", mlp_hidden=16))
+    model = model.to(device)
     hidden = [p for p in model.blocks.parameters() if p.ndim == 2]
     others = [p for p in model.parameters() if p.ndim != 2 or all(p is not h for h in hidden)]
     optimizers = [
         torch.optim.Adam(others, lr=1e-3),
         torch.optim.Muon(hidden, lr=1e-2, adjust_lr_fn="original"),
     ]
-    x = torch.randint(0, 64, (2, 8))
+    x = torch.randint(0, 64, (2, 8), device=device)
     model(x, x).backward()
     for opt in optimizers:
         opt.step()

@@ -345,3 +345,22 @@ def test_resume_refuses_non_finite_weights_and_moments_naming_the_tensor(corpus)
         CheckpointError, match=r"'exp_avg' of 'wte.weight' holds non-finite values \(1 nan of"
     ):
         load_training_state(ckpt, optimizers, model=model)  # with the model, the parameter is named
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_round_trips_its_cuda_rng_and_refuses_non_finite_cuda_tensors(tmp_path):
+    run = tmp_path / "run"
+    model, opts = tiny_model_and_optimizers(device="cuda")
+    save_checkpoint(run, model, opts, tiny_state(1), CONFIG, keep=2)
+    saved_rng = safetensors.torch.load_file(str(run / "ckpt_000001" / "rng.safetensors"))
+    assert set(saved_rng) == {"torch", "cuda"}
+    torch.cuda.manual_seed(123)  # move the generator on, then resume
+    fresh, fresh_opts = tiny_model_and_optimizers(seed=1, device="cuda")
+    load_training_state(run / "ckpt_000001", fresh_opts, model=fresh)
+    assert torch.equal(torch.cuda.get_rng_state(), saved_rng["cuda"])
+    moment = fresh_opts[0].state[fresh.lm_head.weight]["exp_avg"]
+    assert moment.is_cuda and torch.equal(moment.cpu(), opts[0].state[model.lm_head.weight]["exp_avg"].cpu())
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="parameter 'lm_head.weight' holds non-finite values"):
+        save_checkpoint(run, model, opts, tiny_state(2), CONFIG, keep=2)
