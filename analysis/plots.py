@@ -120,8 +120,10 @@ def plot_truncation(
     faith: LayerFaithfulness | None,
     explained: dict[int, Sequence[float]] | None = None,
     token_trunc: TokenTruncation | None = None,
+    random_basis: dict[int, Sequence[float]] | None = None,
 ) -> Figure:
-    """Left: ‖Q − Q_k‖/‖Q‖ per token (solid) and, given explained {token: EV(k)}, 1 − EV(k) on data (dashed).
+    """Left: ‖Q − Q_k‖/‖Q‖ per token (solid) and, given explained {token: EV(k)}, 1 − EV(k) on data (dashed);
+    given random_basis {token: EV(k)}, the same for the same eigenvalues on random eigenvectors (dotted).
     Right: KL of the whole-MLP top-k truncation, and of the per-output-token truncation when given."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     for ts in spec.tokens:
@@ -130,8 +132,13 @@ def plot_truncation(
         if explained and ts.token in explained:
             ev = np.asarray(explained[ts.token], dtype=float)
             a.plot(np.arange(len(ev)), 1 - ev, ls="--", lw=1.3, color=line.get_color())
+        if random_basis and ts.token in random_basis:
+            ev = np.asarray(random_basis[ts.token], dtype=float)
+            a.plot(np.arange(len(ev)), 1 - ev, ls=":", lw=1.1, color=line.get_color(), alpha=0.8)
     if explained:
         a.plot([], [], "k--", lw=1.0, label="dashed: 1 − EV(k) on data")
+    if random_basis:
+        a.plot([], [], "k:", lw=1.0, label="dotted: same λ, random eigenvectors")
     a.set_xscale("symlog", linthresh=1)
     a.set_title(f"Layer {spec.layer}: top-k truncation of Q(u_token)")
     a.set_xlabel("k = eigenpairs kept (largest |λ|)")

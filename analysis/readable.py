@@ -36,7 +36,7 @@ from analysis.spectra import LayerSpectra, readout_tables
 from analysis.tokens import TokenFrequency, TokenText
 from analysis.truncation import TokenTruncation, explained_variance, per_token_truncation
 from analysis.valdata import ValTokens, load_val_tokens, token_counts
-from decomp import TopTokens, cp_from_model, cp_normalize, eigendecompose, token_direction
+from decomp import Eigendecomposition, TopTokens, cp_from_model, cp_normalize, eigendecompose, token_direction
 from decomp.tokens import input_tokens
 from model import GPT
 
@@ -83,6 +83,7 @@ class LayerReadable:
     components: list[Dashboard] = field(default_factory=list)
     component_rank: int | None = None
     explained: dict[int, torch.Tensor] = field(default_factory=dict)
+    random_basis: dict[int, torch.Tensor] = field(default_factory=dict)
     token_truncation: TokenTruncation | None = None
 
 
@@ -282,6 +283,13 @@ def analyse(
         for ts in spec.tokens:
             eig = eigendecompose(cp, token_direction(model.w_u.detach().double(), ts.token, g_f))
             lr.explained[ts.token] = explained_variance(eig, x)
+            # baseline: the same eigenvalues on a random orthonormal basis (x̂ is far from isotropic, so even
+            # random directions explain some of the variance)
+            gen = torch.Generator().manual_seed(seed + 1000 * i + ts.token)
+            basis = torch.linalg.qr(torch.randn(x.shape[1], x.shape[1], generator=gen, dtype=x.dtype))[0]
+            lr.random_basis[ts.token] = explained_variance(
+                Eigendecomposition(eig.values, basis, eig.frobenius_sq), x
+            )
     if n_trunc > 0 and spectra:
         layers = [spec.layer for spec in spectra]
         for i, tt in per_token_truncation(
@@ -337,7 +345,8 @@ def method_text(rd: ReadableResults | None) -> str | None:
         f"mean x̂ at the layer over the activation-pass positions holding t (tokens with ≥ {MEAN_INPUT_MIN_COUNT} "
         "such positions). Dashboards rank positions by |v·x̂| (eigenvectors; contribution λ(v·x̂)²) or by "
         "|λ(b·z)(c·z)| (CP components). The data-weighted truncation curve is 1 − EV(k), EV(k) = 1 − "
-        "Var_p(y − y_k)/Var_p(y) with y_p = u·MLP(x_p) = x̂_pᵀQx̂_p and y_k its top-k eigen-truncation. The "
+        "Var_p(y − y_k)/Var_p(y) with y_p = u·MLP(x_p) = x̂_pᵀQx̂_p and y_k its top-k eigen-truncation; its "
+        "baseline puts the same eigenvalues on a random orthonormal basis (seeded). The "
         "per-output-token truncation changes, for each of the most frequent tokens t, only this layer's direct "
         "contribution to logit t: logit_t += (y_t,k − y_t)/rms(final residual), before the soft-cap."
     )
@@ -399,7 +408,8 @@ def truncation_figure(
     if lr is not None and lr.explained:
         caption += (
             f" and, on {rd.acts.n_positions:,} validation positions, the variance of u·MLP left unexplained by them, "
-            "1 − EV(k) (dashed, same colour): the data-weighted curve"
+            "1 − EV(k) (dashed, same colour): the data-weighted curve; dotted: the same for a matrix with the same "
+            "eigenvalues on random orthonormal eigenvectors, the level that says nothing about the eigenvectors"
         )
     caption += (
         ". Right: KL of the whole MLP truncated to k eigencomponents per output direction of P (labels: "
@@ -414,7 +424,13 @@ def truncation_figure(
             "perturbations of the same norm)"
         )
     r.figure(
-        plots.plot_truncation(spec, faith, lr.explained if lr else None, lr.token_truncation if lr else None),
+        plots.plot_truncation(
+            spec,
+            faith,
+            lr.explained if lr else None,
+            lr.token_truncation if lr else None,
+            lr.random_basis if lr else None,
+        ),
         f"layer{i}_truncation",
         caption + ".",
     )
@@ -534,6 +550,9 @@ def to_json(rd: ReadableResults | None) -> dict | None:
         "layers": {
             str(i): {
                 "explained_variance": {str(t): ev[:33].tolist() for t, ev in lr.explained.items()},
+                "explained_variance_random_basis": {
+                    str(t): ev[:33].tolist() for t, ev in lr.random_basis.items()
+                },
                 "token_truncation": (
                     {
                         "mass": lr.token_truncation.mass,
