@@ -33,12 +33,23 @@ import kernels
 from data.bigram import bigram_baseline
 from data.loader import DistributedLoader, TokenDataset, bits_per_byte, iter_val_batches, val_bytes_per_token
 from data.shards import read_shard
-from data.vocab import CompactVocab, VocabError
+from data.vocab import CompactVocab
+from errors import TntError
 from model import GPT, ConfigError, GPTConfig, load_model
-from model.io import LATEST, CheckpointError, read_json, resolve_checkpoint
+from model.io import read_json, resolve_checkpoint
 from sample import sample
 from training.budget import CALIBRATION_SKIP, CALIBRATION_STEPS, StepBudget, Stopwatch
-from training.checkpoint import load_training_state, save_checkpoint
+from training.checkpoint import (
+    CHECKPOINT_FILES,
+    TrainingState,
+    apply_training_state,
+    check_finite,
+    clean_run_dir,
+    last_finite_checkpoint,
+    read_training_state,
+    save_checkpoint,
+    saved_train_settings,
+)
 from training.distributed import Dist, setup_distributed
 from training.muon import Muon, momentum_at
 from training.runlog import RunLog
@@ -129,9 +140,42 @@ class TrainConfig:
     kernels: str = field(
         default="auto", metadata={"help": "MLP product: auto (Triton on CUDA), triton, torch"}
     )
+    kernel_recompute: bool = field(
+        default=False,
+        metadata={"help": "fused MLP backward recomputes the up-projection (less memory, +FLOPs)"},
+    )
     threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default"})
     wandb: bool = field(default=False, metadata={"help": "log to wandb (honours WANDB_MODE)"})
     wandb_project: str = "tnt"
+
+    def __post_init__(self) -> None:
+        """Range and choice checks, so a bad flag or saved setting is one line (ConfigError), not a traceback."""
+        choices = {
+            "preset": tuple(PRESETS),
+            "vocab": ("full", "compact"),
+            "device": ("auto", "cpu", "cuda"),
+            "compile": ("auto", "on", "off"),
+            "kernels": kernels.BACKENDS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        positive = ("seq_len", "batch_size", "micro_batch", "steps", "val_tokens", "keep_checkpoints")
+        non_negative = (
+            "mlp_hidden", "window", "max_train_seconds", "warmup_frac", "cooldown_frac", "muon_momentum_warmup",
+            "weight_decay", "grad_clip", "val_every", "train_log_every", "save_every", "sample_tokens",
+            "untimed_warmup_steps", "threads", "logit_softcap",
+        )  # fmt: skip
+        for name in positive + non_negative:
+            value, low = getattr(self, name), 1 if name in positive else 0
+            if value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        if self.warmup_frac + self.cooldown_frac > 1:
+            raise ConfigError(
+                f"--warmup-frac + --cooldown-frac must be <= 1, got {self.warmup_frac} + {self.cooldown_frac}"
+            )
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(
@@ -233,11 +277,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
     if "adam_betas" in args:
         args["adam_betas"] = tuple(args["adam_betas"])
     if "resume" in args:
-        saved = read_json(resolve_checkpoint(args["resume"]) / "config.json").get("train")
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{args['resume']}: config.json has no 'train' settings to resume with")
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = {k: tuple(v) if k == "adam_betas" else v for k, v in saved.items() if k in known}
+        saved = saved_train_settings(resolve_checkpoint(args["resume"], CHECKPOINT_FILES), TrainConfig)
         return TrainConfig(**{**saved, **args}), set(args)
     preset = args.get("preset", TrainConfig.preset)
     if preset not in PRESETS:
@@ -265,7 +305,7 @@ def files_of(pattern: str, what: str) -> list[str]:
 def load_vocab(cfg: TrainConfig, source: Path | None, files: list[str]) -> CompactVocab:
     """Full GPT-2, or compact (the ids present in the shards, renumbered) for CPU speed; a checkpoint's own."""
     if source is not None:
-        vocab = CompactVocab.from_config(read_json(source / "config.json"))
+        vocab = CompactVocab.from_config(read_json(source / "config.json"), source=source / "config.json")
         vocab.check_covers(files, source=f"the vocabulary of {source}")
         return vocab
     return CompactVocab.from_shards(files) if cfg.vocab == "compact" else CompactVocab.full()
@@ -341,7 +381,7 @@ def catch_stop_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(TntError):
     pass
 
 
@@ -444,16 +484,17 @@ class Trainer:
             o.load_state_dict(s)
         self.loader.load_state_dict(initial["loader"])
 
-    def resume(self, ckpt: Path, keep_saved_length: bool) -> None:
-        """Continue from ``ckpt``: optimizer, RNG, loader, step and clock; its run length unless overridden."""
-        state = load_training_state(ckpt, self.optimizers)
+    def resume(self, pending: TrainingState, keep_saved_length: bool) -> None:
+        """Continue from a validated checkpoint state (``read_training_state``): optimizer, RNG, loader, step
+        and clock; its run length unless overridden."""
+        ckpt = pending.path
+        state = apply_training_state(pending, self.optimizers, self.loader)
         self.step = state["step"]
         self.clock = Stopwatch(self.device, state["train_time_ms"])
         total = state.get("total_steps", self.cfg.steps) if keep_saved_length else self.cfg.steps
         self.budget = StepBudget.create(
             self.cfg.steps, self.cfg.max_train_seconds, self.cfg.cooldown_frac, self.step, total
         )
-        self.loader.load_state_dict(state["loader"])
         self.log(f"resumed from {ckpt} at step {self.step}")
 
     @torch.no_grad()
@@ -489,7 +530,10 @@ class Trainer:
 
     def maybe_save(self, force: bool = False) -> Path | None:
         """Checkpoint on rank 0 when ``force`` or every ``--save-every`` steps, once per step; its folder."""
-        if not (force or self.save_due()) or not self.dist.master or self.saved_at == self.step:
+        if not (force or self.save_due()) or self.saved_at == self.step:
+            return None
+        check_finite(self.model, self.optimizers, self.run_dir, self.step)  # every rank: all stop together
+        if not self.dist.master:
             return None
         self.saved_at = self.step
         state = {
@@ -505,8 +549,7 @@ class Trainer:
         )
 
     def diverged(self, loss: torch.Tensor) -> TrainingDiverged:
-        latest = self.run_dir / LATEST
-        where = f"{self.run_dir / latest.read_text().strip()}" if latest.is_file() else "none saved yet"
+        where = last_finite_checkpoint(self.run_dir) or "none saved yet"
         return TrainingDiverged(
             f"non-finite training loss ({loss.item()}) at step {self.step}; the weights were not updated. "
             f"Last good checkpoint: {where}. Lower the learning rates or enable --grad-clip."
@@ -588,9 +631,10 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     kernels.set_backend(cfg.kernels)
+    kernels.set_recompute(cfg.kernel_recompute)
     dist_ = setup_distributed(cfg.device)
     files = files_of(cfg.train_files, "train"), files_of(cfg.val_files, "val")
-    resume_dir = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    resume_dir = resolve_checkpoint(cfg.resume, CHECKPOINT_FILES) if cfg.resume else None
     init_dir = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
     source = resume_dir or init_dir
     vocab = load_vocab(cfg, source, files[0] + files[1])
@@ -600,6 +644,7 @@ def main(argv: list[str] | None = None) -> dict:
     log = trainer.log
     if dist_.master:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        clean_run_dir(trainer.run_dir)  # what a crash (kill -9, full disk) left: temp and to-delete folders
         log.header(dataclasses.asdict(cfg))
         mc, n_params = model.config, sum(p.numel() for p in model.parameters())
         log(
@@ -607,9 +652,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"params={n_params / 1e6:.2f}M | {dist_.world} rank(s) × {trainer.grad_accum} accumulation step(s) × "
             f"{cfg.micro_batch}×{cfg.seq_len} tokens"
         )
+    # Validate the whole checkpoint before any step runs; apply it after the warm-up's state reset.
+    pending = (
+        read_training_state(resume_dir, trainer.optimizers, model, trainer.loader) if resume_dir else None
+    )
     trainer.warm_up(cfg.untimed_warmup_steps)
     if resume_dir is not None:
-        trainer.resume(resume_dir, keep_saved_length="steps" not in explicit)
+        trainer.resume(pending, keep_saved_length="steps" not in explicit)
     ckpt = trainer.fit()
 
     result = {
@@ -639,5 +688,4 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     from errors import run_cli  # tnt's error policy: anticipated failures are one line, bugs keep tracebacks
 
-    # CheckpointError, ConfigError and VocabError are TntErrors already; TrainingDiverged is not (yet).
-    sys.exit(run_cli(main, anticipated=(TrainingDiverged, CheckpointError, ConfigError, VocabError)))
+    sys.exit(run_cli(main))

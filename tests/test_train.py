@@ -190,6 +190,20 @@ def test_bad_arguments_give_clear_errors(corpus):
         train.main(tiny_args(corpus, "bad", "--batch-size", "12"))
     with pytest.raises(SystemExit, match="no train shards match"):
         train.main(tiny_args(corpus, "bad", "--train-files", str(corpus["root"] / "missing_*.bin")))
+    bad_flags = {
+        ("--micro-batch", "0"): "--micro-batch must be >= 1, got 0",
+        ("--threads", "-1"): "--threads must be >= 0, got -1",
+        ("--kernels", "x"): "--kernels must be one of auto, triton, torch, got 'x'",
+        ("--cooldown-frac", "0.9", "--warmup-frac", "0.2"): "--warmup-frac \\+ --cooldown-frac must be <= 1",
+    }
+    for flags, message in bad_flags.items():
+        with pytest.raises(ConfigError, match=message):
+            train.main(tiny_args(corpus, "bad", *flags))
+    run = subprocess.run(
+        [sys.executable, "train.py", *tiny_args(corpus, "bad", "--micro-batch", "0")],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 1 and run.stderr == "error: --micro-batch must be >= 1, got 0\n"
 
 
 def test_compact_vocabulary_must_cover_finetuning_data(corpus):
