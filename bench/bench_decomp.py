@@ -256,4 +256,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(REPO))
+    from errors import run_cli  # tnt's error policy: one-line errors for bad input, tracebacks for bugs
+
+    sys.exit(run_cli(main))

@@ -113,4 +113,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from errors import run_cli  # tnt's error policy: one-line errors for bad input, tracebacks for bugs
+
+    sys.exit(run_cli(main))

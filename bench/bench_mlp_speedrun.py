@@ -69,4 +69,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from errors import run_cli  # tnt's error policy: one-line errors for bad input, tracebacks for bugs
+
+    sys.exit(run_cli(main))

@@ -632,4 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, str(REPO))
+    from errors import run_cli  # tnt's error policy: one-line errors for bad input, tracebacks for bugs
+
+    sys.exit(run_cli(main))
