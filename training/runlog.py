@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from errors import writing
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,7 +30,7 @@ class RunLog:
             return
         if console:
             print(msg, flush=True)
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:  # a full disk names the log file
             f.write(msg + "\n")
 
     def metrics(self, step: int, **values: float) -> None:
