@@ -3,7 +3,8 @@
 A dataset is a list of shards read as one logical token stream (memory-mapped, never copied whole). It is
 cut into windows of seq_len + 1 tokens: x = window[:-1], y = window[1:]. Training reads windows in a fresh
 random order each epoch; `TokenDataset.batch(index, batch_size)` is a pure function of its arguments, so a
-loader's whole state is two integers and resuming is exact.
+loader's whole state is two integers and resuming is exact. `SequentialDataset` is the alternative order of
+modded-nanoGPT record #21: the shards front to back in whole steps, every token once per epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "Batch",
     "DistributedLoader",
     "LoaderError",
+    "SequentialDataset",
     "TokenDataset",
     "TokenStream",
     "bits_per_byte",
@@ -184,8 +186,97 @@ class TokenDataset:
         return rows[:, :-1], rows[:, 1:]
 
 
+class SequentialDataset:
+    """Record #21's data order: the shards in the order given, each read front to back, every token once per epoch.
+
+    An optimizer step reads ``batch_tokens`` + 1 consecutive tokens of one shard (S = batch_tokens), starting
+    where the previous step ended; a shard holds ⌊(n − 2) / S⌋ steps, so when fewer than S + 2 tokens remain
+    (the record's ``pos + S + 1 >= n`` test) the rest of the shard is skipped and the next one starts at its
+    first token. After the last shard, epoch e + 1 repeats the same order. Within a step, micro-batch m of
+    ``batch_size`` rows covers tokens [m·b·T, (m+1)·b·T] of the step (T = seq_len, inclusive end: the last
+    target), row j its j-th T + 1 tokens: x = row[:-1], y = row[1:].
+
+    With ``DistributedLoader`` (m = a·W + r for rank r of W at accumulation micro-step a) rank r of 8 reads the
+    r-th contiguous 1/8 of each step as in the record, and 1 rank × 8 micro-steps reads the same tokens.
+    ``batch(index, batch_size)`` is a pure function of its arguments, so a loader resumes exactly.
+    """
+
+    def __init__(self, files: Sequence[str | Path], seq_len: int, batch_tokens: int):
+        if seq_len < 1 or batch_tokens < 1 or batch_tokens % seq_len:
+            raise LoaderError(
+                f"need seq_len >= 1 and batch_tokens a positive multiple of it, got {seq_len}, {batch_tokens}"
+            )
+        self.stream = TokenStream(files)
+        self.seq_len, self.tokens_per_step = seq_len, batch_tokens
+        sizes = np.diff(self.stream.offsets)
+        self.shard_steps = np.maximum(0, (sizes - 2) // batch_tokens)  # steps each shard holds
+        self._first_step = np.concatenate(([0], np.cumsum(self.shard_steps))).astype(np.int64)
+        self.steps_per_epoch = int(self._first_step[-1])
+        if self.steps_per_epoch < 1:
+            raise LoaderError(
+                f"{self.stream.describe()}: no shard holds one step of {batch_tokens + 2} tokens"
+            )
+
+    @property
+    def files(self) -> list[Path]:
+        return self.stream.files
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the shards."""
+        return self.stream.n_tokens
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Input tokens one epoch trains on (each at most once): steps_per_epoch × tokens_per_step."""
+        return self.steps_per_epoch * self.tokens_per_step
+
+    def budget(self, steps: int) -> str:
+        """One line: tokens available, per epoch and trained in ``steps`` steps, and the epochs that makes."""
+        trained = steps * self.tokens_per_step
+        return (
+            f"data: {self.n_tokens:,} tokens in {len(self.files)} shard(s), {self.tokens_per_epoch:,} per epoch "
+            f"({self.steps_per_epoch} steps of {self.tokens_per_step:,}); {steps} steps train {trained:,} tokens "
+            f"= {trained / self.tokens_per_epoch:.3f} epochs"
+        )
+
+    def _micro_batches_per_step(self, batch_size: int) -> int:
+        per_batch = batch_size * self.seq_len
+        if batch_size < 1 or self.tokens_per_step % per_batch:
+            raise LoaderError(
+                f"micro-batches of {batch_size} x {self.seq_len} tokens do not tile a step of "
+                f"{self.tokens_per_step} tokens"
+            )
+        return self.tokens_per_step // per_batch
+
+    def epoch_of(self, index: int, batch_size: int) -> int:
+        """Epoch of micro-batch ``index``."""
+        return index // self._micro_batches_per_step(batch_size) // self.steps_per_epoch
+
+    def position(self, index: int, batch_size: int) -> tuple[int, int]:
+        """(shard, first token in it) of micro-batch ``index`` of ``batch_size`` rows."""
+        if index < 0:
+            raise LoaderError(f"need index >= 0, got {index}")
+        per_step = self._micro_batches_per_step(batch_size)
+        step, m = divmod(index, per_step)
+        s = step % self.steps_per_epoch
+        shard = int(np.searchsorted(self._first_step, s, side="right")) - 1
+        return shard, (
+            s - int(self._first_step[shard])
+        ) * self.tokens_per_step + m * batch_size * self.seq_len
+
+    def batch(self, index: int, batch_size: int) -> Batch:
+        """Micro-batch ``index``: (x, y) int64 [batch_size, seq_len], y[:, t] = x[:, t + 1]."""
+        shard, start = self.position(index, batch_size)
+        T = self.seq_len
+        tokens = self.stream.shards[shard][start : start + batch_size * T + 1]
+        rows = np.lib.stride_tricks.sliding_window_view(tokens, T + 1)[::T]
+        rows = torch.from_numpy(rows.astype(np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+
 class DistributedLoader:
-    """Micro-batches for one rank: at optimizer step s, accumulation micro-step a, rank r it yields
+    """Micro-batches for one rank (of a TokenDataset or SequentialDataset): at optimizer step s, accumulation micro-step a, rank r it yields
     `dataset.batch(s * world_size * grad_accum + a * world_size + r, batch_size)`.
 
     One optimizer step therefore consumes micro-batches [s·W·G, (s+1)·W·G) whatever the split between ranks

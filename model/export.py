@@ -59,6 +59,19 @@ def check_exportable(cfg: GPTConfig) -> None:
         ("mlp", cfg.mlp, cfg.mlp in ("relu2", "gelu"), "Qwen3/Llama MLPs are gated (act(Wx) ⊙ Vx)"),
         ("mlp_order", cfg.mlp_order, cfg.order > 2, "a multilinear product of more than two factors"),
         ("window", cfg.window, cfg.window is not None and not cfg.qk_norm, "Llama has no sliding window"),
+        (
+            "attn_scale",
+            cfg.attn_scale,
+            cfg.attn_scale is not None,
+            "Qwen3/Llama scale attention by 1/√head_dim",
+        ),
+        ("rope_kind", cfg.rope_kind, cfg.rope_kind != "standard", "Qwen3/Llama rotate every dimension"),
+        ("embed_norm", True, cfg.embed_norm, "Qwen3/Llama do not normalise the embedding"),
+        ("x0_lambdas", True, cfg.x0_lambdas, "Qwen3/Llama blocks do not mix in the embedding"),
+        ("v_lambdas", True, cfg.v_lambdas, "no learned value scale in Qwen3/Llama attention"),
+        ("no_attention", cfg.no_attention, bool(cfg.no_attention), "every Qwen3/Llama layer has attention"),
+        ("doc_mask", True, cfg.doc_mask, "Qwen3/Llama attention does not stop at document starts"),
+        ("window_blocks", cfg.window_blocks, cfg.window_blocks is not None, "a block-wise window"),
     ]
     found = [
         f"GPTConfig.{name}={value!r} has no exact transformers equivalent: {why}"
