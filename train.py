@@ -31,11 +31,22 @@ import torch.distributed as dist
 
 import kernels
 from data.bigram import bigram_baseline
-from data.loader import DistributedLoader, TokenDataset, bits_per_byte, iter_val_batches, val_bytes_per_token
+from data.loader import (
+    DistributedLoader,
+    SequentialDataset,
+    TokenDataset,
+    TokenStream,
+    bits_per_byte,
+    iter_val_batches,
+    val_bytes_per_token,
+)
 from data.shards import read_shard
+from data.tokenizer import EOT_ID
 from data.vocab import CompactVocab
 from errors import TntError
 from model import GPT, ConfigError, GPTConfig, load_model
+from model.attention import window_blocks_at
+from model.config import RECORD21
 from model.io import read_json, resolve_checkpoint
 from sample import sample
 from training.budget import CALIBRATION_SKIP, CALIBRATION_STEPS, StepBudget, Stopwatch
@@ -89,7 +100,19 @@ class TrainConfig:
     )
     micro_batch: int = field(default=64, metadata={"help": "sequences per forward pass per rank"})
     bos_aligned: bool = field(default=False, metadata={"help": "start every sequence at a document start"})
+    data_order: str = field(
+        default="shuffled",
+        metadata={
+            "help": "shuffled (seeded windows) or sequential (record #21: shards front to back, tokens once)"
+        },
+    )
+    val_seq_len: int = field(default=0, metadata={"help": "tokens per validation sequence; 0 = --seq-len"})
     # model (GPTConfig fields)
+    arch: str = field(
+        default="tnt",
+        metadata={"help": "tnt: the fields below; record21: modded-nanoGPT record #21's network (12 layers), "
+                  "where only the MLP flags and --d-model/--n-head change anything"},
+    )  # fmt: skip
     mlp: str = field(default="relu2", metadata={"help": "relu2 gelu bilinear reglu geglu swiglu multilinear"})
     mlp_order: int = field(default=2, metadata={"help": "k for --mlp multilinear"})
     mlp_hidden: int = field(default=0, metadata={"help": "MLP width h; 0 = parameter-matched default"})
@@ -156,6 +179,8 @@ class TrainConfig:
             "device": ("auto", "cpu", "cuda"),
             "compile": ("auto", "on", "off"),
             "kernels": kernels.BACKENDS,
+            "arch": ("tnt", "record21"),
+            "data_order": ("shuffled", "sequential"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -166,26 +191,37 @@ class TrainConfig:
         non_negative = (
             "mlp_hidden", "window", "max_train_seconds", "warmup_frac", "cooldown_frac", "muon_momentum_warmup",
             "weight_decay", "grad_clip", "val_every", "train_log_every", "save_every", "sample_tokens",
-            "untimed_warmup_steps", "threads", "logit_softcap",
+            "untimed_warmup_steps", "threads", "logit_softcap", "val_seq_len",
         )  # fmt: skip
         for name in positive + non_negative:
             value, low = getattr(self, name), 1 if name in positive else 0
             if value < low:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        if self.arch == "record21" and self.n_layer != RECORD21["n_layer"]:
+            raise ConfigError(
+                f"--arch record21 is a {RECORD21['n_layer']}-layer network, got --n-layer {self.n_layer}"
+            )
         if self.warmup_frac + self.cooldown_frac > 1:
             raise ConfigError(
                 f"--warmup-frac + --cooldown-frac must be <= 1, got {self.warmup_frac} + {self.cooldown_frac}"
             )
 
-    def model_config(self, vocab_size: int) -> GPTConfig:
+    def model_config(self, vocab_size: int, eot_token: int) -> GPTConfig:
+        """The network: ``--arch tnt`` from the flags; ``--arch record21`` record #21's with this run's MLP."""
+        mlp = dict(
+            mlp=self.mlp,
+            mlp_order=self.mlp_order if self.mlp == "multilinear" else 2,
+            mlp_hidden=self.mlp_hidden or None,
+        )
+        if self.arch == "record21":
+            size = dict(vocab_size=vocab_size, n_head=self.n_head, d_model=self.d_model, eot_token=eot_token)
+            return GPTConfig(**{**RECORD21, **size, **mlp})
         return GPTConfig(
             vocab_size=vocab_size,
             n_layer=self.n_layer,
             n_head=self.n_head,
             d_model=self.d_model,
-            mlp=self.mlp,
-            mlp_order=self.mlp_order if self.mlp == "multilinear" else 2,
-            mlp_hidden=self.mlp_hidden or None,
+            **mlp,
             window=self.window or None,
             value_embeds=self.value_embeds,
             unet_skips=self.unet_skips,
@@ -226,25 +262,36 @@ PRESETS: dict[str, dict] = {
         sample_tokens=60,
         save_every=200,
     ),
-    # modded-nanoGPT's 124M track: FineWeb-10B shards, ~0.5M tokens per step, 8×H100.
+    # modded-nanoGPT record #21 (records/track_1_short/2025-01-26_BatchSize/, 3.2808 in 1770 steps on 8×H100):
+    # its network (only the MLP swapped, parameter-matched), data order, batch, optimizers and schedule.
     "speedrun": dict(
         run_name="speedrun",
         train_files="data/fineweb10B/fineweb_train_*.bin",
         val_files="data/fineweb10B/fineweb_val_*.bin",
         vocab="full",
+        arch="record21",
+        mlp="relu2",
         n_layer=12,
         n_head=6,
         d_model=768,
-        seq_len=1024,
-        batch_size=512,
-        micro_batch=64,
-        bos_aligned=True,
-        steps=1750,
+        data_order="sequential",
+        seq_len=48 * 1024,  # one 48K-token document-masked sequence per rank and micro-step
+        batch_size=8,  # sequences per step, all ranks: 8 × 48K = 393,216 tokens
+        micro_batch=1,
+        val_seq_len=4 * 64 * 1024,
+        steps=1770,
+        warmup_frac=0.0,
+        cooldown_frac=0.4,
+        muon_lr=0.05,
+        muon_momentum=0.95,
+        muon_momentum_warmup=300,  # Muon momentum 0.85 -> 0.95 over the first 300 steps
+        embed_lr=0.6,
+        head_lr=0.008,
+        scalar_lr=0.04,
+        adam_betas=(0.8, 0.95),
         val_every=125,
         val_tokens=10_485_760,
-        value_embeds=True,
-        unet_skips=True,
-        muon_momentum_warmup=300,  # record #21: Muon momentum 0.85 -> 0.95 over the first 300 steps
+        untimed_warmup_steps=10,
     ),
 }
 
@@ -312,7 +359,8 @@ def load_vocab(cfg: TrainConfig, source: Path | None, files: list[str]) -> Compa
 
 
 def build_model(cfg: TrainConfig, vocab: CompactVocab, source: Path | None, finetune: bool) -> GPT:
-    mcfg = cfg.model_config(vocab.model_vocab_size)
+    eot = int(vocab.encode_tensor(torch.tensor([EOT_ID]))[0])  # documents start at EOT (its model id)
+    mcfg = cfg.model_config(vocab.model_vocab_size, eot)
     torch.manual_seed(cfg.seed)
     model = GPT(mcfg) if source is None else load_model(source)
     if finetune and model.config != mcfg:
@@ -415,7 +463,11 @@ class Trainer:
         self.optimizers = build_optimizers(model, cfg)
         use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
         self.fwd = torch.compile(model) if use_compile else model
-        dataset = TokenDataset(self.train_files, cfg.seq_len, seed=cfg.seed, bos_aligned=cfg.bos_aligned)
+        if cfg.data_order == "sequential":
+            dataset = SequentialDataset(self.train_files, cfg.seq_len, cfg.batch_size * cfg.seq_len)
+        else:
+            dataset = TokenDataset(self.train_files, cfg.seq_len, seed=cfg.seed, bos_aligned=cfg.bos_aligned)
+        self.dataset = dataset
         self.loader = DistributedLoader(
             dataset, cfg.micro_batch, rank=dist_.rank, world_size=dist_.world, grad_accum=self.grad_accum
         )
@@ -428,13 +480,25 @@ class Trainer:
             else None,
         )
         self.step, self.saved_at = 0, -1
+        self._windows: dict[int, torch.Tensor] = {}
         self.budget = StepBudget.create(cfg.steps, cfg.max_train_seconds, cfg.cooldown_frac)
         self.clock = Stopwatch(self.device)
         self.history: dict = {"train_loss": [], "val": []}
         self.last_val, self.n_val = float("nan"), 0
+        self.val_stream = TokenStream(self.val_files)  # opened (and checked) once per run
+        self.val_seq_len = cfg.val_seq_len or cfg.seq_len
         self.bytes_per_token = val_bytes_per_token(
-            self.val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, dist_.world
+            self.val_stream, cfg.micro_batch, self.val_seq_len, cfg.val_tokens, dist_.world
         )
+
+    def window(self, step: int) -> torch.Tensor | None:
+        """Record #21's long-short sliding window at ``step``, in blocks, as a tensor (no recompiles); else None."""
+        if self.cfg.arch != "record21":
+            return None
+        n = window_blocks_at(step, self.budget.total_steps)
+        if n not in self._windows:
+            self._windows[n] = torch.tensor(n, dtype=torch.int32, device=self.device)
+        return self._windows[n]
 
     def train_step(self, lr_mult: float, step: int) -> torch.Tensor:
         """Optimizer step number ``step`` at lr × ``lr_mult`` over grad_accum micro-batches and all ranks; the mean
@@ -449,13 +513,12 @@ class Trainer:
                 g["momentum"] = momentum_at(
                     step, cfg.muon_momentum_warmup, cfg.muon_momentum_start, cfg.muon_momentum
                 )
-        total = torch.zeros((), device=self.device)
+        total, window = torch.zeros((), device=self.device), self.window(step)
         for _ in range(self.grad_accum):
             x, y = self.loader.next_batch()
+            x, y = self.vocab.encode_tensor(x).to(self.device), self.vocab.encode_tensor(y).to(self.device)
             with autocast(self.device):
-                loss = self.fwd(
-                    self.vocab.encode_tensor(x).to(self.device), self.vocab.encode_tensor(y).to(self.device)
-                )
+                loss = self.fwd(x, y, window_blocks=window)
             (loss / self.grad_accum).backward()
             total += loss.detach() / self.grad_accum
         total = self.dist.average_gradients(list(self.model.parameters()), total)
@@ -499,16 +562,26 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean next-token loss (nats) over the validation budget, reduced over ranks; logged with bits per byte."""
+        """Mean next-token loss (nats) over the validation budget, reduced over ranks; logged with bits per byte.
+
+        On CUDA through the compiled model, as the record does (on CPU eagerly: a second compile costs more than
+        the demo's one validation); with the same step's attention window as training.
+        """
         cfg, model = self.cfg, self.model
+        net = self.fwd if self.device.type == "cuda" else model
         model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        total, window = torch.zeros(2, dtype=torch.float64, device=self.device), self.window(self.step)
         for x, y in iter_val_batches(
-            self.val_files, cfg.micro_batch, cfg.seq_len, cfg.val_tokens, self.dist.rank, self.dist.world
+            self.val_stream,
+            cfg.micro_batch,
+            self.val_seq_len,
+            cfg.val_tokens,
+            self.dist.rank,
+            self.dist.world,
         ):
             x, y = self.vocab.encode_tensor(x).to(self.device), self.vocab.encode_tensor(y).to(self.device)
             with autocast(self.device):
-                loss = model(x, y)
+                loss = net(x, y, window_blocks=window)
             total[0] += loss.double() * y.numel()
             total[1] += y.numel()
         if self.dist.world > 1:
@@ -652,6 +725,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"params={n_params / 1e6:.2f}M | {dist_.world} rank(s) × {trainer.grad_accum} accumulation step(s) × "
             f"{cfg.micro_batch}×{cfg.seq_len} tokens"
         )
+    if dist_.master and isinstance(trainer.dataset, SequentialDataset):
+        log(trainer.dataset.budget(cfg.steps))  # tokens available vs tokens trained
     # Validate the whole checkpoint before any step runs; apply it after the warm-up's state reset.
     pending = (
         read_training_state(resume_dir, trainer.optimizers, model, trainer.loader) if resume_dir else None

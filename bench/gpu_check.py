@@ -13,7 +13,7 @@ which goes on PYTHONPATH for its subprocesses; it installs nothing from a regist
   a.       ``pytest -m gpu``: counts of passed / failed / skipped / errors;
   b.       ``bench/bench_mlp_kernels.py --out …``: its kernel timing table, embedded as it is;
   c.       per MLP kind (relu2, bilinear, swiglu): ``train.py --preset speedrun`` on one GPU for ``--steps`` steps
-           at the per-GPU share of the speedrun batch (64 × 1024 tokens, no accumulation), on the bundled
+           at the per-GPU share of record #21's batch (1 × 48K tokens, no accumulation), on the bundled
            Shakespeare shards (no FineWeb there): ms/step (timed training between the validation at step 0 and
            at the last step) and the validation loss at the last step, parsed from the trainer's lines
            ``step:N/T val_loss:… val_bpb:… train_time:…ms step_avg:…ms``.
@@ -79,9 +79,13 @@ class CheckConfig:
     bundle: str = field(default="", metadata={"help": "bundle folder from make gpu-bundle ('' = none)"})
     mlps: str = field(default="relu2,bilinear,swiglu", metadata={"help": "comma-separated MLP kinds"})
     steps: int = field(default=40, metadata={"help": "timed optimizer steps per training run"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per step (of seq-len 1024)"})
-    micro_batch: int = field(default=64, metadata={"help": "sequences per forward pass"})
-    val_tokens: int = field(default=131072, metadata={"help": "validation tokens at step 0 and the last"})
+    batch_size: int = field(default=1, metadata={"help": "sequences per step (of --seq-len tokens)"})
+    micro_batch: int = field(default=1, metadata={"help": "sequences per forward pass"})
+    seq_len: int = field(default=48 * 1024, metadata={"help": "tokens per sequence (record #21: 48K)"})
+    val_tokens: int = field(
+        default=262144,
+        metadata={"help": "validation tokens at step 0 and the last (one 256K record sequence)"},
+    )
     warmup_steps: int = field(default=2, metadata={"help": "untimed compile warm-up steps"})
     train_files: str = field(
         default="", metadata={"help": "train shard glob ('' = the bundle's Shakespeare)"}
@@ -134,7 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CheckConfig, str]:
     unknown = [m for m in cfg.mlp_list() if m not in KNOWN_MLPS]
     if unknown or not cfg.mlp_list():
         parser.error(f"--mlps: {', '.join(unknown) or 'empty'} not among {', '.join(KNOWN_MLPS)}")
-    for name in ("steps", "batch_size", "micro_batch", "val_tokens"):
+    for name in ("steps", "batch_size", "micro_batch", "seq_len", "val_tokens"):
         if getattr(cfg, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.batch_size % cfg.micro_batch:
@@ -446,7 +450,8 @@ def train_argv(cfg: CheckConfig, mlp: str, out_root: Path, train_files: str, val
         sys.executable, str(REPO / "train.py"), "--preset", "speedrun", "--mlp", mlp, "--steps", str(cfg.steps),
         "--train-files", train_files, "--val-files", val_files, "--val-tokens", str(cfg.val_tokens),
         "--val-every", str(cfg.steps), "--batch-size", str(cfg.batch_size), "--micro-batch", str(cfg.micro_batch),
-        "--untimed-warmup-steps", str(cfg.warmup_steps), "--no-bos-aligned", "--save-every", "0",
+        "--seq-len", str(cfg.seq_len), "--val-seq-len", str(min(cfg.val_tokens, 4 * 64 * 1024)),
+        "--untimed-warmup-steps", str(cfg.warmup_steps), "--save-every", "0",
         "--keep-checkpoints", "1", "--run-name", f"check-{mlp}", "--out-root", str(out_root),
         *shlex.split(cfg.train_args),
     ]  # fmt: skip
@@ -474,7 +479,8 @@ def train_run(
     return TrainRow(mlp, status, done.seconds, log)
 
 
-def speedrun_table(cfg: CheckConfig, rows: Sequence[TrainRow], seq_len: int = 1024) -> str:
+def speedrun_table(cfg: CheckConfig, rows: Sequence[TrainRow]) -> str:
+    seq_len = cfg.seq_len
     tokens = cfg.batch_size * seq_len
     lines = [
         f"| MLP | batch | steps | ms/step | tokens/s | val loss @ step {cfg.steps} | val bpb | peak MiB | run (s) | status |",
@@ -540,10 +546,10 @@ def write_report(
             "## Speedrun preset on one GPU",
             "",
             f"`train.py --preset speedrun` for {cfg.steps} steps after {cfg.warmup_steps} untimed warm-up steps, "
-            f"batch {cfg.batch_size} sequences × 1024 tokens per step ({cfg.batch_size // cfg.micro_batch} "
-            f"micro-batch(es) of {cfg.micro_batch}); the speedrun's 512 × 1024 on 8 GPUs is 64 × 1024 per GPU. "
-            f"Data: {cfg.train_files or 'the bundled Shakespeare shards (full GPT-2 vocabulary)'}, unaligned "
-            f"windows; validation on {cfg.val_tokens:,} tokens at step 0 and the last step. ms/step is timed "
+            f"batch {cfg.batch_size} sequence(s) × {cfg.seq_len:,} tokens per step ({cfg.batch_size // cfg.micro_batch} "
+            f"micro-batch(es) of {cfg.micro_batch}); record #21's 8 × 48K on 8 GPUs is 1 × 48K per GPU. "
+            f"Data: {cfg.train_files or 'the bundled Shakespeare shards (full GPT-2 vocabulary)'}, read in the "
+            f"record's sequential order; validation on {cfg.val_tokens:,} tokens at step 0 and the last step. ms/step is timed "
             "training between those two validation lines (train_time difference / steps; validation excluded).",
             "",
             speedrun_table(cfg, train_rows),

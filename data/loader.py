@@ -380,7 +380,7 @@ def val_window_ids(
 
 
 def iter_val_batches(
-    files: Sequence[str | Path],
+    files: Sequence[str | Path] | TokenStream,
     batch_size: int,
     seq_len: int,
     max_tokens: int | None = None,
@@ -393,12 +393,13 @@ def iter_val_batches(
     if that leaves no whole step, one smaller batch per rank instead (never nothing). Step t of rank r holds
     windows [(t·world_size + r)·batch_size, … + batch_size), so ranks see disjoint windows whose union is
     what one rank with batch_size × world_size sees. Raises if the budget or data hold less than one window.
+    ``files`` may be an open ``TokenStream``, so a trainer that validates often opens (and checks) its shards once.
     """
     if batch_size < 1 or seq_len < 1:
         raise LoaderError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
     if not 0 <= rank < world_size:
         raise LoaderError(f"rank must lie in [0, {world_size}), got {rank}")
-    stream = TokenStream(files)
+    stream = files if isinstance(files, TokenStream) else TokenStream(files)
     n_windows = max(0, (stream.n_tokens - 1) // seq_len)
     if n_windows < 1:
         raise LoaderError(f"{stream.describe()} hold no validation window of {seq_len + 1} tokens")
@@ -411,7 +412,7 @@ def iter_val_batches(
 
 
 def val_bytes_per_token(
-    files: Sequence[str | Path],
+    files: Sequence[str | Path] | TokenStream,
     batch_size: int,
     seq_len: int,
     max_tokens: int | None = None,

@@ -48,7 +48,7 @@ def corpus(tmp_path) -> dict[str, str]:
 def test_arguments_defaults_and_one_line_errors(capsys):
     cfg, bundle = gc.parse_args([])
     assert bundle == "" and cfg.mlp_list() == ["relu2", "bilinear", "swiglu"]
-    assert cfg.batch_size == 64 and cfg.steps == 40 and not cfg.keep
+    assert (cfg.batch_size, cfg.seq_len, cfg.steps, cfg.keep) == (1, 48 * 1024, 40, False)
     cfg, bundle = gc.parse_args(["--mlps", "gelu, swiglu", "--steps", "7", "--keep", "--make-bundle", "b"])
     assert cfg.mlp_list() == ["gelu", "swiglu"] and cfg.steps == 7 and cfg.keep and bundle == "b"
     bad = [
@@ -64,18 +64,14 @@ def test_arguments_defaults_and_one_line_errors(capsys):
 
 
 def test_the_training_command_is_the_speedrun_preset_at_the_check_batch(tmp_path):
-    cfg, _ = gc.parse_args(["--steps", "12", "--batch-size", "128", "--micro-batch", "32"])
+    cfg, _ = gc.parse_args(["--steps", "12", "--batch-size", "4", "--micro-batch", "2", "--seq-len", "1024"])
     argv = gc.train_argv(cfg, "swiglu", tmp_path, "t_*.bin", "v_*.bin")
     assert argv[:2] == [sys.executable, str(REPO / "train.py")]
     tc = train.parse_config(argv[2:])  # every flag exists, and the trainer reads them as meant
     assert (tc.preset, tc.mlp, tc.steps, tc.val_every) == ("speedrun", "swiglu", 12, 12)
-    assert (tc.batch_size, tc.micro_batch, tc.seq_len, tc.d_model, tc.n_layer) == (128, 32, 1024, 768, 12)
-    assert (tc.train_files, tc.val_files, tc.out_root, tc.bos_aligned) == (
-        "t_*.bin",
-        "v_*.bin",
-        str(tmp_path),
-        False,
-    )
+    assert (tc.batch_size, tc.micro_batch, tc.seq_len, tc.d_model, tc.n_layer) == (4, 2, 1024, 768, 12)
+    assert (tc.arch, tc.data_order, tc.val_seq_len) == ("record21", "sequential", 262144)
+    assert (tc.train_files, tc.val_files, tc.out_root) == ("t_*.bin", "v_*.bin", str(tmp_path))
 
 
 # ------------------------------------------------------------------ time-boxed subprocesses
@@ -241,8 +237,10 @@ def test_pytest_counts_from_a_real_run_and_from_a_killed_one(tmp_path):
 
 
 def test_a_short_speedrun_preset_run_end_to_end_on_cpu(corpus, tmp_path):
-    small = "--device cpu --compile off --vocab compact --n-layer 2 --n-head 2 --d-model 32 --seq-len 16 --threads 1"
-    cfg, _ = gc.parse_args(["--steps", "4", "--batch-size", "8", "--micro-batch", "4", "--val-tokens", "128"])
+    small = "--device cpu --compile off --vocab compact --n-head 2 --d-model 32 --threads 1"
+    cfg, _ = gc.parse_args(
+        ["--steps", "4", "--batch-size", "8", "--micro-batch", "4", "--seq-len", "16", "--val-tokens", "128"]
+    )
     cfg.train_args = small
     row = gc.train_run(cfg, "relu2", gc.child_env(None), 120, (corpus["train"], corpus["val"]), tmp_path)
     assert row.status == "ok", row.status
@@ -295,9 +293,9 @@ def test_report_with_a_gpu_runs_every_step_and_tabulates_the_runs(tmp_path, monk
         "| kernel timing (bench/bench_mlp_kernels.py) | missing |" in text
         and "bench/absent_bench.py is not in this checkout" in text
     )
-    # relu2: (2400 − 900) ms / 10 steps = 150 ms/step; 64 × 1024 tokens / 0.15 s = 436,907 tokens/s
-    assert "| relu2 | 64 × 1024 | 10 | 150.0 | 436,907 | 7.2500 | 3.1000 | 30,000 | 60 | ok |" in text
-    assert "| swiglu | 64 × 1024 | 0 | — | — | — | — | — | 60 | timed out (75 s) |" in text
+    # relu2: (2400 − 900) ms / 10 steps = 150 ms/step; 1 × 49,152 tokens / 0.15 s = 327,680 tokens/s
+    assert "| relu2 | 1 × 49152 | 10 | 150.0 | 327,680 | 7.2500 | 3.1000 | 30,000 | 60 | ok |" in text
+    assert "| swiglu | 1 × 49152 | 0 | — | — | — | — | — | 60 | timed out (75 s) |" in text
     assert "| train relu2 | ok | 60.0 | 10 steps, 150.0 ms/step, val loss 7.2500 |" in text
     # the default time-box is an equal share of what is left of --total-timeout 450 s (the fakes take no time)
     assert timeouts == [pytest.approx(225, abs=5), pytest.approx(450, abs=5)]

@@ -1,8 +1,9 @@
 """The README's GPU command lines, replayed on CPU at toy size.
 
-``make speedrun`` is run as the README writes it, with ``NPROC=2`` (two gloo ranks on 127.0.0.1) and a tiny model
-passed through ``ARGS``, so the speedrun preset's own code path runs: its BOS-aligned loader, value embeddings and
-U-net skips, the Muon + Adam optimizers, the periodic validation and the checkpoint. The same command with
+``make speedrun`` is run as the README writes it, with ``NPROC=2`` (two gloo ranks on 127.0.0.1) and a narrow model
+passed through ``ARGS``, so the speedrun preset's own code path runs: record #21's network (document-masked
+attention with the window schedule, value embeddings, U-net skips, x0 lambdas, FP8 head math on CPU), its sequential
+loader, the Muon + Adam optimizers, the periodic validation and the checkpoint. The same command with
 ``NPROC=1`` trains the same global batch through gradient accumulation; the two runs must agree.
 """
 
@@ -55,7 +56,7 @@ def toy_args(documents, run_name: str) -> str:
         "--train-files", documents["train"], "--val-files", documents["val"],
         "--out-root", str(documents["root"] / "runs"), "--run-name", run_name,
         "--device", "cpu", "--compile", "off", "--threads", "1",
-        "--n-layer", "4", "--n-head", "2", "--d-model", "32", "--seq-len", "64",
+        "--n-head", "2", "--d-model", "32", "--seq-len", "64", "--val-seq-len", "128",
         "--batch-size", "8", "--micro-batch", "2", "--steps", "6", "--val-every", "3", "--val-tokens", "512",
         "--untimed-warmup-steps", "1", "--save-every", "0",
     ])  # fmt: skip
@@ -96,6 +97,12 @@ def test_readme_gpu_lines_replayed_on_two_gloo_ranks_equal_one_rank(documents):
         assert float(a) == pytest.approx(float(b), abs=2e-3)
 
     a, b = load_model(resolve_checkpoint(runs / "one")), load_model(resolve_checkpoint(runs / "two"))
-    assert a.config.value_embeds and a.config.unet_skips  # the speedrun preset's architecture, not cpu-demo's
+    # record #21's network (the speedrun preset's), not cpu-demo's: document mask, windows, x0 lambdas, layer 7
+    assert a.config.value_embeds and a.config.unet_skips and a.config.doc_mask and a.config.x0_lambdas
+    assert a.config.no_attention == (7,) and a.config.window_pattern == "LSSSLSSLSSSL"
+    assert "data: 10,000 tokens in 1 shard(s)" in log_two  # record #21's sequential order reports its budget
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+        # Adam at the record's embedding lr 0.6 (eps 1e-10) turns a rounding-level difference of a near-zero
+        # gradient (all-reduce vs accumulation order) into a visible step on a few entries of an embedding table.
+        atol = 1e-2 if name.startswith(("wte.", "value_embeds.")) else 1e-4
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=atol, msg=name)
