@@ -10,7 +10,7 @@ FINEWEB_STAMP := $(VENV)/.installed-fineweb
 NPROC ?= 8
 MLP ?= bilinear
 ARGS ?=
-# make fineweb [SHARDS=9]: 9 × 100M tokens cover the speedrun's 1750 steps × 512 × 1024 tokens.
+# make fineweb [SHARDS=9]: 9 × 100M tokens cover the speedrun's 1770 steps × 8 × 48K tokens (0.77 epochs).
 SHARDS ?= 9
 FINEWEB_DIR := data/fineweb10B
 # make gpu-bundle fills BUNDLE; make gpu-check runs the one-call GPU check with the machine's own python3.
@@ -55,7 +55,7 @@ diff-demo: $(STAMP)
 fineweb: $(FINEWEB_STAMP)
 	$(BIN)/python -m data fineweb --out $(FINEWEB_DIR) --train-shards $(SHARDS)
 
-# modded-nanoGPT's 124M track on NPROC GPUs of this machine; the global batch stays 512 × 1024 tokens for any NPROC.
+# modded-nanoGPT's 124M track on NPROC GPUs of this machine; the global batch stays 8 × 48K tokens for any NPROC.
 speedrun: $(STAMP)
 	$(if $(findstring --train-files,$(ARGS)),,@test -n "$$(ls $(FINEWEB_DIR)/fineweb_train_*.bin 2>/dev/null)" \
 		|| { echo "no FineWeb shards in $(FINEWEB_DIR): run 'make fineweb' first (or pass ARGS=--train-files ...)"; exit 1; })
