@@ -289,4 +289,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from errors import run_cli  # tnt's error policy: one-line errors for bad input, tracebacks for bugs
+
+    sys.exit(run_cli(main, status=2))
