@@ -206,8 +206,11 @@ class TrainConfig:
                 f"--warmup-frac + --cooldown-frac must be <= 1, got {self.warmup_frac} + {self.cooldown_frac}"
             )
 
-    def model_config(self, vocab_size: int, eot_token: int) -> GPTConfig:
-        """The network: ``--arch tnt`` from the flags; ``--arch record21`` record #21's with this run's MLP."""
+    def model_config(self, vocab_size: int, eot_token: int = EOT_ID) -> GPTConfig:
+        """The network: ``--arch tnt`` from the flags; ``--arch record21`` record #21's with this run's MLP.
+
+        ``eot_token``: the model id of the document separator (record21's document mask), EOT for the full vocabulary.
+        """
         mlp = dict(
             mlp=self.mlp,
             mlp_order=self.mlp_order if self.mlp == "multilinear" else 2,
