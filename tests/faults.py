@@ -12,29 +12,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from data.shards import write_shard
 from errors import run_cli
 from model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_corpus(root: Path) -> dict:
-    """A Markov chain over 40 GPT-2 ids (1000..1039) as train and val shards in ``root``."""
-    rng = np.random.default_rng(0)
-    ids = np.arange(1000, 1040)
-    nxt = rng.integers(0, 40, size=(40, 3))
-    state, tokens = 0, []
-    for _ in range(6000):
-        state = nxt[state, rng.integers(0, 3)]
-        tokens.append(ids[state])
-    root.mkdir(parents=True, exist_ok=True)
-    write_shard(root / "syn_train_000000.bin", np.array(tokens[:5000]))
-    write_shard(root / "syn_val_000000.bin", np.array(tokens[5000:]))
-    return {"train": str(root / "syn_train_*.bin"), "val": str(root / "syn_val_*.bin"), "root": root}
 
 
 def tiny_args(corpus: dict, run_name: str, *extra: str) -> list[str]:

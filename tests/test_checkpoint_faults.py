@@ -19,9 +19,9 @@ from faults import (
     tiny_model_and_optimizers,
     tiny_state,
     tiny_tmpfs,
-    write_corpus,
 )
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from toy_data import write_corpus
 
 import train
 from errors import StorageError
@@ -281,11 +281,6 @@ def test_last_finite_checkpoint_skips_tampered_ones(tmp_path):
     next(iter(states[0]["state"].values()))["exp_avg"].fill_(float("inf"))
     torch.save(states, run / "ckpt_000002" / "optimizer.pt")
     assert last_finite_checkpoint(run) == run / "ckpt_000001"
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    return write_corpus(tmp_path)
 
 
 def test_divergence_with_save_every_1_names_a_finite_checkpoint_that_resumes(corpus):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from faults import remount, run_entry, run_subprocess, tiny_args, tiny_tmpfs, write_corpus
+from faults import remount, run_entry, run_subprocess, tiny_args, tiny_tmpfs
+from toy_data import write_corpus
 
 import sample
 import train

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faults import run_entry, tiny_args, write_corpus
+from faults import run_entry, tiny_args
+from toy_data import write_corpus
 
 import sample
 import train

@@ -15,31 +15,12 @@ import numpy as np
 import pytest
 
 import train
-from data.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
 gc = importlib.util.module_from_spec(_spec)
 sys.modules["gpu_check"] = gc
 _spec.loader.exec_module(gc)
-
-
-@pytest.fixture
-def corpus(tmp_path) -> dict[str, str]:
-    """A Markov chain over 40 GPT-2 ids (something to learn), as train and val shards."""
-    rng = np.random.default_rng(0)
-    ids, nxt = np.arange(1000, 1040), rng.integers(0, 40, size=(40, 3))
-    state, tokens = 0, []
-    for _ in range(6000):
-        state = nxt[state, rng.integers(0, 3)]
-        tokens.append(ids[state])
-    write_shard(tmp_path / "syn_train_000000.bin", np.array(tokens[:5000]))
-    write_shard(tmp_path / "syn_val_000000.bin", np.array(tokens[5000:]))
-    return {
-        "train": str(tmp_path / "syn_train_*.bin"),
-        "val": str(tmp_path / "syn_val_*.bin"),
-        "root": tmp_path,
-    }
 
 
 # ------------------------------------------------------------------ arguments

@@ -249,7 +249,7 @@ def _rank_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_two_gloo_ranks_give_the_one_rank_update_and_split_the_work(tmp_path):
-    from test_train import free_port
+    from toy_data import free_port
 
     mp.spawn(_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     weights, blocks, grads = toy_workload()

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from toy_data import free_port
 
 import train
 from data.shards import write_shard
@@ -19,25 +19,6 @@ from data.vocab import VocabError
 from model import GPT, CheckpointError, ConfigError, load_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def corpus(tmp_path) -> dict[str, str]:
-    """A Markov chain over 40 GPT-2 ids, so there is something to learn; train and val shards."""
-    rng = np.random.default_rng(0)
-    ids = np.arange(1000, 1040)
-    nxt = rng.integers(0, 40, size=(40, 3))
-    state, tokens = 0, []
-    for _ in range(6000):
-        state = nxt[state, rng.integers(0, 3)]
-        tokens.append(ids[state])
-    write_shard(tmp_path / "syn_train_000000.bin", np.array(tokens[:5000]))
-    write_shard(tmp_path / "syn_val_000000.bin", np.array(tokens[5000:]))
-    return {
-        "train": str(tmp_path / "syn_train_*.bin"),
-        "val": str(tmp_path / "syn_val_*.bin"),
-        "root": tmp_path,
-    }
 
 
 def tiny_args(corpus, run_name: str, *extra: str) -> list[str]:
@@ -99,12 +80,6 @@ def test_keeps_only_the_newest_checkpoints(corpus):
     assert sorted(p.name for p in run.glob("ckpt_*")) == ["ckpt_000006", "ckpt_000008"]
     assert (run / "LATEST").read_text().strip() == "ckpt_000008"
     assert not list(run.glob(".*tmp*"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_worker(rank: int, world: int, port: int, argv: list[str]) -> None:
