@@ -7,7 +7,8 @@ the dense d×d×d tensor except `cp_to_dense` (small tensors only).
 Modules: cp (CP forms, symmetrisation, implicit norms), layers (read a `model.GPT`), interaction (Q(u)),
 eigen (eigendecomposition, truncation, summaries), als (implicit CP-ALS, also on tensor networks), tokens
 (token readouts), diff (weight diffs), network (implicit tensors as einsum networks), two_layer (two stacked
-bilinear layers as orders 3, 4, 5), io (save / load).
+bilinear layers as orders 3, 4, 5), orders (a weight diff split into first / second / … order terms, and the
+same split of attention's QK / OV circuits), io (save / load).
 """
 
 from decomp.als import ALSResult, cp_als
@@ -54,6 +55,18 @@ from decomp.layers import (
     multilinear_layer,
 )
 from decomp.network import TensorNetwork
+from decomp.orders import (
+    CircuitOrders,
+    OrderShares,
+    cp_diff_orders,
+    cp_diff_terms,
+    layer_order_shares,
+    order_shares,
+    ov_orders,
+    ov_terms,
+    qk_orders,
+    qk_terms,
+)
 from decomp.tokens import (
     ComponentReadout,
     EigenReadout,
@@ -78,6 +91,7 @@ from decomp.two_layer import (
 __all__ = [
     "ALSResult",
     "BilinearLayer",
+    "CircuitOrders",
     "ComponentReadout",
     "ComposedDirection",
     "DecompError",
@@ -85,6 +99,7 @@ __all__ = [
     "Eigendecomposition",
     "MultilinearLayer",
     "NormScales",
+    "OrderShares",
     "TensorNetwork",
     "TokenScore",
     "TopTokens",
@@ -96,6 +111,8 @@ __all__ = [
     "composed_readout",
     "cp_als",
     "cp_apply",
+    "cp_diff_orders",
+    "cp_diff_terms",
     "cp_difference",
     "cp_from_model",
     "cp_inner",
@@ -116,12 +133,18 @@ __all__ = [
     "interaction_operator",
     "layer_diff_cp",
     "layer_kind",
+    "layer_order_shares",
     "load_cp",
     "load_eigen",
     "make_cp",
     "multilinear_cp",
     "multilinear_layer",
+    "order_shares",
     "output_tokens",
+    "ov_orders",
+    "ov_terms",
+    "qk_orders",
+    "qk_terms",
     "relative_error_from_inner",
     "save_cp",
     "save_eigen",

@@ -294,6 +294,32 @@ class GPT(HookedRootModule):
         """P [d, h]: the output projection."""
         return self.blocks[layer].mlp.c_proj.weight
 
+    def w_q(self, layer: int) -> torch.Tensor:
+        """W_Q [d, d]: rows [0, d) of the attention's c_qkv.weight (a view); head h is rows [h·D, (h+1)·D)."""
+        return self._qkv_block(layer, 0)
+
+    def w_k(self, layer: int) -> torch.Tensor:
+        """W_K [d, d]: rows [d, 2d) of c_qkv.weight (a view); head h is rows [h·D, (h+1)·D)."""
+        return self._qkv_block(layer, 1)
+
+    def w_v(self, layer: int) -> torch.Tensor:
+        """W_V [d, d]: rows [2d, 3d) of c_qkv.weight (a view); head h is rows [h·D, (h+1)·D)."""
+        return self._qkv_block(layer, 2)
+
+    def w_o(self, layer: int) -> torch.Tensor:
+        """W_O [d, d]: the attention's c_proj.weight; head h's output is read by columns [h·D, (h+1)·D)."""
+        return self._attention(layer).c_proj.weight
+
+    def _attention(self, layer: int) -> Attention:
+        attn = self.blocks[layer].attn
+        if attn is None:
+            raise ValueError(f"layer {layer} has no attention (GPTConfig.no_attention)")
+        return attn
+
+    def _qkv_block(self, layer: int, j: int) -> torch.Tensor:
+        d = self.config.d_model
+        return self._attention(layer).c_qkv.weight[j * d : (j + 1) * d]
+
     def mlp_norm_gain(self, layer: int) -> torch.Tensor:
         """Gain g [d] of the RMSNorm before MLP ``layer`` (ones when parameter-free)."""
         return self.blocks[layer].ln2.gain()
