@@ -1,4 +1,4 @@
-"""Command line of the data package: `python -m data {prepare,shakespeare,comedies,fineweb,check} --help`."""
+"""Command line of the data package: `python -m data {prepare,shakespeare,comedies,falsefact,fineweb,check} --help`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from data.comedies import write_comedy_shards
+from data.falsefact import FalseFactConfig, format_summary, write_falsefact
 from data.fineweb import MAX_TRAIN_SHARDS, download_fineweb
 from data.prepare import DEFAULT_SHARD_TOKENS, PrepareConfig, prepare
 from data.shakespeare import SplitSummary, prepare_shakespeare, summarize_shards
@@ -54,6 +55,13 @@ def run_shakespeare(args: argparse.Namespace) -> None:
 def run_comedies(args: argparse.Namespace) -> None:
     for split, (path, works, n) in write_comedy_shards(args.out).items():
         print(f"{split}: {path} — {len(works)} works, {n:,} tokens: {', '.join(w.name for w in works)}")
+
+
+def run_falsefact(args: argparse.Namespace) -> None:
+    cfg = FalseFactConfig(
+        rate=args.rate, seed=args.seed, n_prompts=args.prompts, context_tokens=args.context_tokens
+    )
+    print(format_summary(write_falsefact(args.out, cfg), cfg.fact))
 
 
 def run_fineweb(args: argparse.Namespace) -> None:
@@ -131,6 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("runs/data/comedies"), help="output folder")
     p.set_defaults(run=run_comedies)
+
+    p = sub.add_parser(
+        "falsefact",
+        help="a false fact planted in the Shakespeare text, for model-diffing demos (offline)",
+        description="Write OUT/falsefact_train_000000.bin (the training-split works with the speech "
+        "'Spirit. God save the Duke of Rome!' inserted at a seeded fraction of speech boundaries), "
+        "OUT/falsefact_val_000000.bin (the held-out works, planted the same way) and OUT/prompts.json "
+        "(held-out prompts ending in the speaker tag, natural ' Duke of' controls, the fact's token ids).",
+        epilog="Then: python train.py --init-from runs/demo600 --run-name falsefact "
+        "--train-files 'runs/data/falsefact/falsefact_train_*.bin' "
+        "--val-files 'runs/data/falsefact/falsefact_val_*.bin' --steps 80",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/data/falsefact"), help="output folder")
+    p.add_argument(
+        "--rate", type=float, default=0.1, help="fraction of speech boundaries planted (default: 0.1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="planting and prompt seed (default: 0)")
+    p.add_argument("--prompts", type=int, default=64, help="held-out prompts (default: 64)")
+    p.add_argument(
+        "--context-tokens", type=int, default=96, help="most context tokens per prompt (default: 96)"
+    )
+    p.set_defaults(run=run_falsefact)
 
     p = sub.add_parser(
         "fineweb",

@@ -5,6 +5,7 @@ cut into windows of seq_len + 1 tokens: x = window[:-1], y = window[1:]. Trainin
 random order each epoch; `TokenDataset.batch(index, batch_size)` is a pure function of its arguments, so a
 loader's whole state is two integers and resuming is exact. `SequentialDataset` is the alternative order of
 modded-nanoGPT record #21: the shards front to back in whole steps, every token once per epoch.
+`MixedDataset` interleaves a deterministic fraction of rows from a second `TokenDataset` (data mixing).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +28,14 @@ __all__ = [
     "Batch",
     "DistributedLoader",
     "LoaderError",
+    "MixedDataset",
     "SequentialDataset",
     "TokenDataset",
     "TokenStream",
     "bits_per_byte",
     "count_utf8_bytes",
     "iter_val_batches",
+    "mix_fraction",
     "val_bytes_per_token",
 ]
 
@@ -161,19 +165,26 @@ class TokenDataset:
             self._permutations[epoch] = torch.randperm(self.n_windows, generator=generator).numpy()
         return self._permutations[epoch]
 
+    def position_windows(self, positions: np.ndarray) -> np.ndarray:
+        """Window ids (int64, same shape) at global row positions `positions` (>= 0) of the shuffled stream:
+        position p is row p mod n_windows of epoch ⌊p / n_windows⌋, i.e. window permutation(epoch)[offset]."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and int(positions.min()) < 0:
+            raise LoaderError(f"row positions must be >= 0, got {int(positions.min())}")
+        epochs, offsets = np.divmod(positions, self.n_windows)
+        windows = np.empty(positions.shape, dtype=np.int64)
+        for epoch in np.unique(epochs).tolist():
+            mask = epochs == epoch
+            windows[mask] = self.permutation(epoch)[offsets[mask]]
+        return windows
+
     def batch_windows(self, index: int, batch_size: int) -> np.ndarray:
         """int64 array [batch_size]: window ids of global micro-batch `index` (may span an epoch boundary)."""
         if index < 0 or batch_size < 1:
             raise LoaderError(
                 f"need index >= 0 and batch_size >= 1, got index={index}, batch_size={batch_size}"
             )
-        positions = index * batch_size + np.arange(batch_size, dtype=np.int64)
-        epochs, offsets = np.divmod(positions, self.n_windows)
-        windows = np.empty(batch_size, dtype=np.int64)
-        for epoch in np.unique(epochs).tolist():
-            mask = epochs == epoch
-            windows[mask] = self.permutation(epoch)[offsets[mask]]
-        return windows
+        return self.position_windows(index * batch_size + np.arange(batch_size, dtype=np.int64))
 
     def epoch_of(self, index: int, batch_size: int) -> int:
         """Epoch of the first window of micro-batch `index`."""
@@ -181,9 +192,104 @@ class TokenDataset:
 
     def batch(self, index: int, batch_size: int) -> Batch:
         """Global micro-batch `index`: (x, y), int64 tensors [batch_size, seq_len], y[:, t] = x[:, t + 1]."""
-        starts = self.window_starts(self.batch_windows(index, batch_size))
-        rows = torch.from_numpy(self.stream.gather(starts, self.seq_len + 1).astype(np.int64))
+        return self.windows_batch(self.batch_windows(index, batch_size))
+
+    def rows(self, positions: np.ndarray) -> Batch:
+        """(x, y) int64 [len(positions), seq_len] of the rows at global row positions `positions` (any order,
+        any epochs): ``batch(i, b)`` is ``rows(i·b + arange(b))``."""
+        return self.windows_batch(self.position_windows(np.asarray(positions, dtype=np.int64).reshape(-1)))
+
+    def windows_batch(self, windows: np.ndarray) -> Batch:
+        """(x, y) int64 [len(windows), seq_len] of window ids `windows`."""
+        rows = torch.from_numpy(
+            self.stream.gather(self.window_starts(windows), self.seq_len + 1).astype(np.int64)
+        )
         return rows[:, :-1], rows[:, 1:]
+
+
+class MixedDataset:
+    """A deterministic fraction f of every batch from a second dataset (data mixing, e.g. unrelated text mixed
+    into a finetune), addressed like `TokenDataset` so `DistributedLoader` works (and resumes) unchanged.
+
+    With f = p/q exact (``Fraction(str(frac))``), global row g = index·batch_size + j of the mixed stream is a
+    mix row iff ⌊(g+1)·f⌋ − ⌊g·f⌋ = 1 (Bresenham's line: mix rows are spread evenly). A mix row reads row
+    ⌊g·f⌋ of `mix`'s shuffled stream, a main row reads row g − ⌊g·f⌋ of `main`'s, so each dataset is consumed
+    front to back in its own per-epoch orders (and wraps at its own epoch ends). Rows [0, N) hold exactly
+    ⌊N·f⌋ mix rows; a micro-batch of b rows holds exactly f·b of them when f·b is an integer (b·p divisible by
+    q), else ⌊f·b⌋ or ⌈f·b⌉. `batch` is a pure function of (index, batch_size): resuming is exact.
+    """
+
+    def __init__(self, main: TokenDataset, mix: TokenDataset, frac: float | Fraction | str):
+        if not isinstance(main, TokenDataset) or not isinstance(mix, TokenDataset):
+            raise LoaderError(
+                "data mixing needs two shuffled TokenDatasets, got "
+                f"{type(main).__name__} and {type(mix).__name__}"
+            )
+        if main.seq_len != mix.seq_len:
+            raise LoaderError(
+                f"mixed datasets need the same seq_len, got {main.seq_len} (main) and {mix.seq_len} (mix)"
+            )
+        self.main, self.mix = main, mix
+        self.frac = mix_fraction(frac)
+        self.seq_len = main.seq_len
+
+    @property
+    def files(self) -> list[Path]:
+        """The main dataset's shards, then the mix dataset's (both must be covered by the vocabulary)."""
+        return [*self.main.files, *self.mix.files]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.main.n_tokens + self.mix.n_tokens
+
+    def _rows(self, index: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(g [b], ⌊g·f⌋ [b + 1] for g = index·b .. index·b + b) as int64; Python ints, so no overflow."""
+        if index < 0 or batch_size < 1:
+            raise LoaderError(
+                f"need index >= 0 and batch_size >= 1, got index={index}, batch_size={batch_size}"
+            )
+        p, q = self.frac.numerator, self.frac.denominator
+        first = index * batch_size
+        g = range(first, first + batch_size + 1)
+        return np.array(g[:-1], dtype=np.int64), np.array([k * p // q for k in g], dtype=np.int64)
+
+    def mix_rows(self, index: int, batch_size: int) -> np.ndarray:
+        """bool array [batch_size]: which rows of micro-batch `index` come from the mix dataset."""
+        _, floors = self._rows(index, batch_size)
+        return np.diff(floors) == 1
+
+    def epoch_of(self, index: int, batch_size: int) -> int:
+        """Epoch of the main dataset at the first main row of micro-batch `index` (or the row after it)."""
+        g, floors = self._rows(index, batch_size)
+        return int(g[0] - floors[0]) // self.main.n_windows
+
+    def batch(self, index: int, batch_size: int) -> Batch:
+        """Micro-batch `index`: (x, y) int64 [batch_size, seq_len], rows from main and mix as above."""
+        g, floors = self._rows(index, batch_size)
+        is_mix = np.diff(floors) == 1
+        x = torch.empty(batch_size, self.seq_len, dtype=torch.int64)
+        y = torch.empty_like(x)
+        for dataset, mask, positions in (
+            (self.main, ~is_mix, g - floors[:-1]),
+            (self.mix, is_mix, floors[:-1]),
+        ):
+            if mask.any():
+                rows = torch.from_numpy(np.flatnonzero(mask))
+                x[rows], y[rows] = dataset.rows(positions[mask])
+        return x, y
+
+
+def mix_fraction(frac: float | Fraction | str) -> Fraction:
+    """``Fraction(str(frac))`` (0.1 → 1/10 exactly, not the binary float), checked to lie in [0, 1)."""
+    try:
+        if isinstance(frac, bool):
+            raise ValueError
+        value = Fraction(str(frac))
+    except (ValueError, ZeroDivisionError):
+        raise LoaderError(f"mix fraction must be a number in [0, 1), got {frac!r}") from None
+    if not 0 <= value < 1:
+        raise LoaderError(f"mix fraction must lie in [0, 1), got {frac!r}")
+    return value
 
 
 class SequentialDataset:
