@@ -171,14 +171,16 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # [..., h]: the hidden activation fed to P
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a c_fc with a LoRA adapter (model.lora) must be called: the fused path reads only its base weight
+        explicit = getattr(self.c_fc, "has_adapter", False)
         if self.order == 1:  # relu2 / gelu: the kind names its activation
-            if self.hook_pre.active:
+            if self.hook_pre.active or explicit:
                 hidden = kernels.gated_product(self.hook_pre(self.c_fc(x)), self.kind, 1)
             else:  # one GEMM with relu² (gelu) in its epilogue on the fused path
                 hidden = kernels.fused_up_product(x, self.c_fc.weight, self.kind, 1)
         else:
             act = GATED_ACTIVATION[self.kind]
-            if self.hook_pre.active or self.hook_pre_linear.active:
+            if self.hook_pre.active or self.hook_pre_linear.active or explicit:
                 up = self.c_fc(x)
                 first = self.hook_pre(up[..., : self.hidden])
                 rest = self.hook_pre_linear(up[..., self.hidden :])
@@ -337,11 +339,12 @@ class GPT(HookedRootModule):
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         """Residual [.., d] -> logits [.., vocab]: final norm, head, soft-cap c·tanh(z/c).
 
-        With head_fp8, in training mode the head runs through model.fp8 (FP8 operands, bf16 logits). Half
-        precision logits are soft-capped in float32 (as the record), so they come out float32.
+        With head_fp8, in training mode the head runs through model.fp8 (FP8 operands, bf16 logits; not with a
+        LoRA adapter on the head, model.lora, which needs the module call). Half precision logits are
+        soft-capped in float32 (as the record), so they come out float32.
         """
         x = self.ln_f(x)
-        if self.config.head_fp8 and self.training:
+        if self.config.head_fp8 and self.training and not getattr(self.lm_head, "has_adapter", False):
             logits = fp8_linear(x, self.lm_head.weight)
         else:
             logits = self.lm_head(x)

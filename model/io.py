@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import safetensors.torch
 import torch
@@ -22,8 +23,12 @@ from errors import TntError, storage_error, writing
 from .config import ConfigError, GPTConfig
 from .gpt import GPT
 
+if TYPE_CHECKING:  # model.lora imports this module's errors lazily; import it lazily here too
+    from .lora import LoRAConfig
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+LORA_FILE = "lora.safetensors"  # a LoRA model's adapters and the base weights they adapt (model.lora)
 MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE)  # what a folder needs to be a loadable model
 LATEST = "LATEST"  # in a run folder: the name of its newest checkpoint folder
 _LATEST_MAX_BYTES = 4096
@@ -147,10 +152,25 @@ def describe_nonfinite(t: torch.Tensor) -> str:
 
 
 def save_model(model: GPT, directory: str | Path, extra_config: dict | None = None) -> None:
-    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (each atomically)."""
+    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (each atomically).
+
+    A model with LoRA adapters (model.lora) writes its merged weights W + ΔW to ``model.safetensors`` (a plain
+    GPT's, for every reader), the adapters and the base weights they adapt to ``lora.safetensors``, and its
+    LoRAConfig to config.json's "lora".
+    """
+    from .lora import adapter_state_dict, lora_config, merged_state_dict
+
     directory = Path(directory)
-    save_tensors(directory / WEIGHTS_FILE, model.state_dict())
-    atomic_write_json(directory / CONFIG_FILE, {"model": model.config.to_dict(), **(extra_config or {})})
+    config = {"model": model.config.to_dict(), **(extra_config or {})}
+    lora = lora_config(model)
+    if lora is None:
+        save_tensors(directory / WEIGHTS_FILE, model.state_dict())
+        (directory / LORA_FILE).unlink(missing_ok=True)  # a stale one would contradict config.json
+    else:
+        save_tensors(directory / LORA_FILE, adapter_state_dict(model))
+        save_tensors(directory / WEIGHTS_FILE, merged_state_dict(model))
+        config["lora"] = lora.to_dict()
+    atomic_write_json(directory / CONFIG_FILE, config)
 
 
 def missing_files(folder: str | Path, files: Iterable[str] = MODEL_FILES) -> list[str]:
@@ -217,13 +237,32 @@ def load_config(directory: str | Path) -> GPTConfig:
         raise CheckpointError(str(e)) from e
 
 
+def load_lora_config(directory: str | Path) -> LoRAConfig | None:
+    """The LoRAConfig in ``directory/config.json`` ("lora"), None when the model has no adapters."""
+    from .lora import LoRAConfig
+
+    path = Path(directory) / CONFIG_FILE
+    obj = read_json(path)
+    if "lora" not in obj:
+        return None
+    try:
+        return LoRAConfig.from_dict(obj["lora"], source=str(path))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+
+
 def load_model(
-    directory: str | Path, device: str | torch.device = "cpu", allow_nonfinite: bool = False
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
+    adapters: bool = False,
 ) -> GPT:
     """Build the GPT described by ``directory/config.json`` and load ``model.safetensors`` into it.
 
     Refused, naming the tensor: missing or unexpected tensors, wrong shapes or dtypes, and inf/NaN values (a
-    diverged run; ``allow_nonfinite`` loads them anyway, for post-mortems).
+    diverged run; ``allow_nonfinite`` loads them anyway, for post-mortems). A LoRA checkpoint loads as a plain
+    GPT with the merged weights; with ``adapters`` it is the training-time model (model.lora: frozen base,
+    adapters, position mask) rebuilt from ``lora.safetensors``.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -255,4 +294,37 @@ def load_model(
             "diverged when this was saved: use an earlier checkpoint"
         )
     model.load_state_dict(state)
+    if adapters:
+        _attach_saved_adapters(model, directory, state, allow_nonfinite)
     return model.to(device)
+
+
+def _attach_saved_adapters(model: GPT, directory: Path, merged: dict, allow_nonfinite: bool) -> None:
+    """apply_lora with config.json's LoRAConfig, then lora.safetensors; checked against the merged weights."""
+    from .lora import apply_lora, load_adapters, merged_state_dict
+
+    lora = load_lora_config(directory)
+    if lora is None:
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE}: no 'lora' entry: not a LoRA checkpoint (load it without adapters)"
+        )
+    try:  # a throwaway generator: the saved adapters replace the initialisation, the global RNG stays as it was
+        apply_lora(model, lora, torch.Generator().manual_seed(0))
+    except ConfigError as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: 'lora': {e}") from e
+    path = directory / LORA_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found (config.json names LoRA adapters: {lora})")
+    load_adapters(model, load_tensors(path), source=str(path), allow_nonfinite=allow_nonfinite)
+    if allow_nonfinite:
+        return
+    for name, w in merged_state_dict(model).items():
+        if name in merged and w.is_floating_point():
+            # rounding (another device, TF32) stays far below this; files of different checkpoints do not
+            tol = (8 * torch.finfo(w.dtype).eps + 1e-3) * float(merged[name].abs().max())
+            err = float((w - merged[name]).abs().max()) if w.numel() else 0.0
+            if not err <= tol:  # also catches NaN
+                raise CheckpointError(
+                    f"{path}: base weights + adapters do not give {WEIGHTS_FILE}'s {name!r} (max error {err:.3g}): "
+                    "the two files are from different checkpoints"
+                )
