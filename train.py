@@ -33,6 +33,7 @@ import kernels
 from data.bigram import bigram_baseline
 from data.loader import (
     DistributedLoader,
+    MixedDataset,
     SequentialDataset,
     TokenDataset,
     TokenStream,
@@ -41,13 +42,14 @@ from data.loader import (
     val_bytes_per_token,
 )
 from data.shards import read_shard
-from data.tokenizer import EOT_ID
+from data.tokenizer import EOT_ID, get_encoding
 from data.vocab import CompactVocab
 from errors import TntError
 from model import GPT, ConfigError, GPTConfig, load_model
 from model.attention import window_blocks_at
 from model.config import RECORD21
-from model.io import read_json, resolve_checkpoint
+from model.io import load_lora_config, read_json, resolve_checkpoint
+from model.lora import LoRAConfig, apply_lora, lora_config, lora_parameters, parse_lora_targets
 from sample import sample
 from training.budget import CALIBRATION_SKIP, CALIBRATION_STEPS, StepBudget, Stopwatch
 from training.checkpoint import (
@@ -154,6 +156,25 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: str = field(default="", metadata={"help": "run folder (or checkpoint folder) to continue"})
     init_from: str = field(default="", metadata={"help": "checkpoint to finetune from (fresh optimizer)"})
+    # finetuning: LoRA adapters and data mixing
+    lora_rank: int = field(
+        default=0, metadata={"help": "LoRA rank r for --init-from finetunes; 0 = full finetuning"}
+    )
+    lora_targets: str = field(
+        default="all",
+        metadata={"help": "comma list of q,k,v,o,mlp_w,mlp_v,mlp_p,head,embed; attn, mlp, all (= attn,mlp) "
+                  "and -x (drop x): 'all,-k' is everything but K, 'k' only K"},
+    )  # fmt: skip
+    lora_alpha: float = field(default=0.0, metadata={"help": "LoRA scale alpha/r; 0 = r (scale 1)"})
+    lora_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the LoRA adapters"})
+    lora_mask_after: str = field(
+        default="",
+        metadata={"help": "a one-token separator: adapters act only at positions after its first occurrence"},
+    )
+    mix_files: str = field(default="", metadata={"help": "glob of unrelated shards mixed into every batch"})
+    mix_frac: float = field(
+        default=0.0, metadata={"help": "fraction of each batch's sequences taken from --mix-files"}
+    )
     bigram_baseline: bool = field(default=False, metadata={"help": "also score an interpolated bigram"})
     sample_tokens: int = field(default=0, metadata={"help": "print a sample of N tokens at the end"})
     sample_prompt: str = "\n"
@@ -201,10 +222,38 @@ class TrainConfig:
             raise ConfigError(
                 f"--arch record21 is a {RECORD21['n_layer']}-layer network, got --n-layer {self.n_layer}"
             )
+        self._check_finetune_flags()
         if self.warmup_frac + self.cooldown_frac > 1:
             raise ConfigError(
                 f"--warmup-frac + --cooldown-frac must be <= 1, got {self.warmup_frac} + {self.cooldown_frac}"
             )
+
+    def _check_finetune_flags(self) -> None:
+        if self.lora_rank < 0 or self.lora_alpha < 0 or self.lora_lr <= 0:
+            raise ConfigError(
+                f"--lora-rank and --lora-alpha must be >= 0 and --lora-lr > 0, got {self.lora_rank}, "
+                f"{self.lora_alpha}, {self.lora_lr}"
+            )
+        if self.lora_rank:
+            parse_lora_targets(self.lora_targets)  # ConfigError naming an unknown target
+            if not (self.init_from or self.resume):
+                raise ConfigError("--lora-rank adapts a trained model: give it --init-from CHECKPOINT")
+        elif self.lora_mask_after:
+            raise ConfigError("--lora-mask-after masks LoRA adapters: it needs --lora-rank >= 1")
+        if not 0 <= self.mix_frac < 1:
+            raise ConfigError(f"--mix-frac must lie in [0, 1), got {self.mix_frac}")
+        if bool(self.mix_files) != bool(self.mix_frac):
+            raise ConfigError("--mix-files and --mix-frac go together: give both (or neither)")
+        if self.mix_files and self.data_order != "shuffled":
+            raise ConfigError("--mix-files mixes shuffled windows: it needs --data-order shuffled")
+
+    def lora_config(self, mask_token: int | None, mlp_order: int) -> LoRAConfig | None:
+        """The adapters of a LoRA finetune (None: full finetuning); ``mask_token`` is the separator's model id,
+        ``mlp_order`` the adapted model's (``mlp`` and ``all`` name no V for relu2/gelu)."""
+        if not self.lora_rank:
+            return None
+        targets = parse_lora_targets(self.lora_targets, mlp_order)
+        return LoRAConfig(self.lora_rank, targets, self.lora_alpha, mask_token)
 
     def model_config(self, vocab_size: int, eot_token: int = EOT_ID) -> GPTConfig:
         """The network: ``--arch tnt`` from the flags; ``--arch record21`` record #21's with this run's MLP.
@@ -361,13 +410,39 @@ def load_vocab(cfg: TrainConfig, source: Path | None, files: list[str]) -> Compa
     return CompactVocab.from_shards(files) if cfg.vocab == "compact" else CompactVocab.full()
 
 
-def build_model(cfg: TrainConfig, vocab: CompactVocab, source: Path | None, finetune: bool) -> GPT:
+def separator_id(text: str, vocab: CompactVocab) -> int:
+    """The model id of ``--lora-mask-after``'s separator, which must be one GPT-2 token of the vocabulary."""
+    ids = get_encoding().encode(text, allowed_special="all")
+    if len(ids) != 1:
+        raise ConfigError(f"--lora-mask-after {text!r} is {len(ids)} GPT-2 tokens {ids}, not one")
+    if ids[0] not in vocab:
+        raise ConfigError(f"--lora-mask-after {text!r} (GPT-2 id {ids[0]}) is not in the model's vocabulary")
+    return int(vocab.encode_tensor(torch.tensor(ids))[0])
+
+
+def build_model(cfg: TrainConfig, vocab: CompactVocab, source: Path | None, resuming: bool) -> GPT:
+    """A fresh model, the ``--init-from`` checkpoint (with new LoRA adapters for a LoRA finetune), or the
+    ``--resume`` checkpoint (with its adapters and their frozen base weights, for an exact continuation)."""
     eot = int(vocab.encode_tensor(torch.tensor([EOT_ID]))[0])  # documents start at EOT (its model id)
     mcfg = cfg.model_config(vocab.model_vocab_size, eot)
     torch.manual_seed(cfg.seed)
-    model = GPT(mcfg) if source is None else load_model(source)
-    if finetune and model.config != mcfg:
-        print(f"--init-from: using the architecture of {source} ({model.config.mlp})")
+    mask = separator_id(cfg.lora_mask_after, vocab) if cfg.lora_mask_after else None
+    if source is None:
+        model = GPT(mcfg)
+    elif resuming:
+        model = load_model(source, adapters=load_lora_config(source) is not None)
+        lora = cfg.lora_config(mask, model.config.order)
+        if lora_config(model) != lora:
+            raise ConfigError(
+                f"{source}: trained with LoRA {lora_config(model)}, asked to resume with {lora}: the adapters "
+                "cannot change within a run"
+            )
+    else:
+        model = load_model(source)
+        if model.config != mcfg:
+            print(f"--init-from: using the architecture of {source} ({model.config.mlp})")
+        if (lora := cfg.lora_config(mask, model.config.order)) is not None:
+            apply_lora(model, lora, torch.Generator().manual_seed(cfg.seed))
     model.config.check_vocab(vocab.size - 1, source=f"the {vocab.size}-token vocabulary")
     return model
 
@@ -375,8 +450,14 @@ def build_model(cfg: TrainConfig, vocab: CompactVocab, source: Path | None, fine
 def build_optimizers(model: GPT, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """Muon for the hidden matrices (attention and MLP weights); Adam for embeddings, head and scalars.
 
-    Returns [adam, muon]; every param group carries ``initial_lr``, which ``Trainer.train_step`` scales.
+    Returns [adam, muon]; every param group carries ``initial_lr``, which ``Trainer.train_step`` scales. A LoRA
+    finetune trains only its adapters, with one Adam at ``--lora-lr``: returns [adam].
     """
+    if lora_config(model) is not None:
+        adapters = lora_parameters(model)
+        adam = torch.optim.Adam([dict(params=adapters, lr=cfg.lora_lr)], betas=cfg.adam_betas, eps=1e-10)
+        adam.param_groups[0]["initial_lr"] = cfg.lora_lr
+        return [adam]
     scalars = [p for n, p in model.named_parameters() if p.ndim < 2]
     embeds = [model.wte.weight, *(e.weight for e in model.value_embeds)]
     groups = [
@@ -451,11 +532,11 @@ class Trainer:
         cfg: TrainConfig,
         model: GPT,
         vocab: CompactVocab,
-        files: tuple[list[str], list[str]],
+        files: tuple[list[str], list[str], list[str]],
         dist_: Dist,
     ) -> None:
         self.cfg, self.model, self.vocab, self.dist = cfg, model.to(dist_.device), vocab, dist_
-        self.train_files, self.val_files = files
+        self.train_files, self.val_files, self.mix_files = files
         self.device = dist_.device
         if cfg.batch_size % (cfg.micro_batch * dist_.world):
             raise SystemExit(
@@ -470,6 +551,9 @@ class Trainer:
             dataset = SequentialDataset(self.train_files, cfg.seq_len, cfg.batch_size * cfg.seq_len)
         else:
             dataset = TokenDataset(self.train_files, cfg.seq_len, seed=cfg.seed, bos_aligned=cfg.bos_aligned)
+        if self.mix_files:  # a fixed fraction of every batch's rows from unrelated data (own window order)
+            mix = TokenDataset(self.mix_files, cfg.seq_len, seed=cfg.seed + 1, bos_aligned=cfg.bos_aligned)
+            dataset = MixedDataset(dataset, mix, cfg.mix_frac)
         self.dataset = dataset
         self.loader = DistributedLoader(
             dataset, cfg.micro_batch, rank=dist_.rank, world_size=dist_.world, grad_accum=self.grad_accum
@@ -511,7 +595,7 @@ class Trainer:
         for opt in self.optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * lr_mult
-        if cfg.muon_momentum_warmup:
+        if cfg.muon_momentum_warmup and len(self.optimizers) > 1:
             for g in self.optimizers[1].param_groups:
                 g["momentum"] = momentum_at(
                     step, cfg.muon_momentum_warmup, cfg.muon_momentum_start, cfg.muon_momentum
@@ -709,12 +793,13 @@ def main(argv: list[str] | None = None) -> dict:
     kernels.set_backend(cfg.kernels)
     kernels.set_recompute(cfg.kernel_recompute)
     dist_ = setup_distributed(cfg.device)
-    files = files_of(cfg.train_files, "train"), files_of(cfg.val_files, "val")
+    mix = files_of(cfg.mix_files, "mix") if cfg.mix_files else []
+    files = files_of(cfg.train_files, "train"), files_of(cfg.val_files, "val"), mix
     resume_dir = resolve_checkpoint(cfg.resume, CHECKPOINT_FILES) if cfg.resume else None
     init_dir = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
     source = resume_dir or init_dir
-    vocab = load_vocab(cfg, source, files[0] + files[1])
-    model = build_model(cfg, vocab, source, finetune=init_dir is not None and resume_dir is None)
+    vocab = load_vocab(cfg, source, [f for group in files for f in group])
+    model = build_model(cfg, vocab, source, resuming=resume_dir is not None)
 
     trainer = Trainer(cfg, model, vocab, files, dist_)
     log = trainer.log
@@ -728,6 +813,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"params={n_params / 1e6:.2f}M | {dist_.world} rank(s) × {trainer.grad_accum} accumulation step(s) × "
             f"{cfg.micro_batch}×{cfg.seq_len} tokens"
         )
+        if (lora := lora_config(model)) is not None:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log(f"LoRA: {lora} ({trainable:,} trainable parameters; the base weights are frozen)")
+        if mix:
+            log(
+                f"mixing: {cfg.mix_frac:g} of every batch's sequences from {len(mix)} shard(s) {cfg.mix_files!r}"
+            )
     if dist_.master and isinstance(trainer.dataset, SequentialDataset):
         log(trainer.dataset.budget(cfg.steps))  # tokens available vs tokens trained
     # Validate the whole checkpoint before any step runs; apply it after the warm-up's state reset.
@@ -749,7 +841,7 @@ def main(argv: list[str] | None = None) -> dict:
     if dist_.master:
         log(f"peak memory: {peak_memory_mb(dist_.device):.0f} MiB; checkpoint: {ckpt}")
         if cfg.bigram_baseline:
-            bigram = bigram_reference(*files, vocab, trainer.n_val)
+            bigram = bigram_reference(files[0], files[1], vocab, trainer.n_val)
             verdict = "below" if trainer.last_val < bigram else "NOT below"
             log(
                 f"val_loss {trainer.last_val:.4f} vs interpolated bigram {bigram:.4f} nats/token (same split): {verdict}"
