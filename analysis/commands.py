@@ -2,6 +2,8 @@
 
     python -m analysis CHECKPOINT --out DIR            `report_parser` / `report_main` (analysis.report)
     python -m analysis.diff BASE FINETUNED --out DIR   `diff_parser` / `diff_main` (analysis.diff)
+    python -m analysis.lab BASE FT [FT ...] --fact DIR --out DIR
+                                                       `lab_parser` / `lab_main` (analysis.lab)
 
 Each ``*_parser()`` builds the argparse parser (shared helpers in `analysis.cli`), each ``*_main(argv)`` turns
 the arguments into the command's options dataclass, runs it and returns the exit status (2 on an
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from analysis.cli import HelpFormatter, add_threads_argument, any_int_list, int_list
 from analysis.diff import DiffOptions, build_diff_report
+from analysis.diff_steering import DEFAULT_ALPHAS, STEER_KINDS
 from analysis.errors import AnalysisError
+from analysis.lab import LabOptions, build_lab_report
 from analysis.readable import ReadableOptions
 from analysis.report import DEFAULT_KS, DEFAULT_RANKS, ReportOptions, build_report
 
@@ -257,6 +261,136 @@ def diff_main(argv: list[str] | None = None) -> int:
     )
     try:
         index = build_diff_report(opts)
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(index)
+    return 0
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    """'0,0.5,1' -> (0.0, 0.5, 1.0)."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def lab_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.lab",
+        description=(
+            "One report (DIR/index.html, DIR/report.md, DIR/figures/*.png) comparing several fine-tunes of one "
+            "base: per fine-tune its recipe (full / LoRA rank, targets, mask; data mixing), how strongly it "
+            "learned the planted fact (logit margins on the held-out prompts of FACT/prompts.json) against how "
+            "much it disturbed validation text (KL, loss change), the orders (first / second / third) of its "
+            "weight difference per MLP and per attention QK / OV circuit, and its activation difference "
+            "(first-position dominance, PCA, logit lens). For one fine-tune: the CP weight difference read as "
+            "tokens, and steering the base with its mean activation difference (KL towards the fine-tune, loss "
+            "on its data, samples, the bilinear MLP's predicted vs measured response)."
+        ),
+        epilog="Example: python -m analysis.lab runs/demo runs/ff_full runs/ff_lora --fact runs/data/falsefact "
+        "--out runs/lab",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("base", help="run or checkpoint folder of the base model")
+    p.add_argument("finetunes", nargs="+", metavar="FT", help="run or checkpoint folders of its fine-tunes")
+    p.add_argument(
+        "--fact", type=Path, required=True, help="false-fact folder (prompts.json, falsefact_val_*.bin)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (created; files are replaced)")
+    p.add_argument("--names", default=None, help="comma-separated display names, one per fine-tune")
+    p.add_argument(
+        "--val-files", default=None, help="glob of validation shards (default: the base's train.val_files)"
+    )
+    p.add_argument(
+        "--val-tokens", type=int, default=4096, help="validation tokens for KL and activation diffs"
+    )
+    p.add_argument(
+        "--positions",
+        type=int,
+        default=None,
+        help="positions per window of the activation diff (default: all)",
+    )
+    p.add_argument(
+        "--fact-tokens", type=int, default=4096, help="false-fact validation tokens (loss on its data)"
+    )
+    p.add_argument("--prompts", type=int, default=64, help="held-out prompts and controls scored at most")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    g = p.add_argument_group("weight diff read as tokens (one fine-tune)")
+    g.add_argument("--weight-diff", type=int, default=0, help="index of the fine-tune (0-based)")
+    g.add_argument("--rank", type=int, default=4, help="CP rank of the compressed difference")
+    g.add_argument("--als-iters", type=int, default=20, help="maximum ALS iterations")
+    g.add_argument("--components", type=int, default=3, help="terms read out per layer")
+    g.add_argument("--top-k", type=int, default=6, help="tokens listed per readout and sign")
+    g.add_argument(
+        "--min-count",
+        type=int,
+        default=20,
+        help="readouts through W_E list only tokens seen at least this often in the training shards (0: all)",
+    )
+    g = p.add_argument_group("steering the base with the difference (one fine-tune)")
+    g.add_argument("--steer", type=int, default=0, help="index of the fine-tune (0-based)")
+    g.add_argument(
+        "--steer-layer", type=int, default=None, help="block of the steering point (default: n_layer // 2)"
+    )
+    g.add_argument(
+        "--steer-point",
+        choices=("resid_mid", "resid_post", "embed"),
+        default="resid_mid",
+        help="resid_mid: after the block's attention, right before its MLP; resid_post: after the block",
+    )
+    g.add_argument(
+        "--steer-kind",
+        choices=STEER_KINDS,
+        default="mean",
+        help="mean: mean difference over positions >= 1; first: position 0's, at position 0; pc1: its top PC",
+    )
+    g.add_argument(
+        "--alphas", type=_float_list, default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), help="scales α"
+    )
+    g.add_argument("--steer-tokens", type=int, default=2048, help="validation (and fact) tokens per α")
+    g.add_argument("--sample-tokens", type=int, default=40, help="greedy tokens per sample (0: none)")
+    add_threads_argument(p)
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def lab_main(argv: list[str] | None = None) -> int:
+    args = lab_parser().parse_args(argv)
+    opts = LabOptions(
+        base=args.base,
+        finetunes=list(args.finetunes),
+        fact=args.fact,
+        out=args.out,
+        names=[n.strip() for n in args.names.split(",")] if args.names is not None else None,
+        val_files=args.val_files,
+        val_tokens=args.val_tokens,
+        positions=args.positions,
+        fact_tokens=args.fact_tokens,
+        max_prompts=args.prompts,
+        batch_size=args.batch_size,
+        weight_diff=args.weight_diff,
+        rank=args.rank,
+        als_iters=args.als_iters,
+        n_components=args.components,
+        top_k=args.top_k,
+        min_count=args.min_count,
+        steer=args.steer,
+        steer_layer=args.steer_layer,
+        steer_point=args.steer_point,
+        steer_kind=args.steer_kind,
+        alphas=args.alphas,
+        steer_tokens=args.steer_tokens,
+        sample_tokens=args.sample_tokens,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    try:
+        index = build_lab_report(opts)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

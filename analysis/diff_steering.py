@@ -157,8 +157,8 @@ class SteeringResult:
 
     kl [n]: KL(ft ‖ steered base) on validation; kl_base: KL(ft ‖ base); val_loss [n]: the steered base's
     validation loss (base_val_loss, ft_val_loss: unsteered); fact_loss [n]: its loss on the fine-tune's data
-    (base_fact_loss, ft_fact_loss), None without such data; samples: [(label, text)], 'base', 'fine-tuned' and
-    'α = …' in that order; curve: the bilinear MLP's predicted vs measured response (None: ``note`` says why).
+    (base_fact_loss, ft_fact_loss), None without such data; samples: [(label, greedy continuation of
+    ``prompt``)], 'base', 'fine-tuned' and 'α = …' in that order; curve: the bilinear MLP's predicted vs measured response (None: ``note`` says why).
     """
 
     vector: SteeringVector
@@ -262,15 +262,18 @@ def steer(
             result.n_fact_tokens = fact.n_tokens
     if prompt is not None and vocab is not None and sample_tokens > 0:
         result.prompt = prompt
-        result.samples = [
-            ("base", sample(base, vocab, prompt, sample_tokens, temperature=0.0)),
-            ("fine-tuned", sample(ft, vocab, prompt, sample_tokens, temperature=0.0)),
-        ]
+        shown = sample(
+            base, vocab, prompt, 0
+        )  # the prompt as the models see it (tokens outside the vocab dropped)
+
+        def continuation(model: GPT) -> str:
+            text = sample(model, vocab, prompt, sample_tokens, temperature=0.0)
+            return text[len(shown) :] if text.startswith(shown) else text
+
+        result.samples = [("base", continuation(base)), ("fine-tuned", continuation(ft))]
         for alpha in a:
             with base.hooks([steering_hook(sv, alpha)]):
-                result.samples.append(
-                    (f"α = {alpha:g}", sample(base, vocab, prompt, sample_tokens, temperature=0.0))
-                )
+                result.samples.append((f"α = {alpha:g}", continuation(base)))
     layer, result.note = bilinear_layer_after(base, sv.label)
     positive = sorted({abs(v) for v in a if v != 0})
     if layer is not None and positive:

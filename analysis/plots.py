@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from analysis.diff_steering import SteeringResult  # noqa: E402
 from analysis.faithfulness import LayerFaithfulness  # noqa: E402
 from analysis.logit_lens import LogitLens  # noqa: E402
 from analysis.model_diff import ActivationDiff, LayerWeightDiff  # noqa: E402
@@ -509,5 +510,123 @@ def plot_token_readouts(
     for ax in axes.ravel()[len(items) :]:
         ax.axis("off")
     fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- the model-diffing lab
+
+
+def plot_fact_vs_disturbance(
+    names: Sequence[str], margins: Sequence[float], kls: Sequence[float], base_margin: float | None = None
+) -> Figure:
+    """One point per fine-tune: fact margin (y) against KL(base ‖ ft) on validation text (x, log scale)."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    x, y = np.asarray(kls, dtype=float), np.asarray(margins, dtype=float)
+    ax.scatter(x, y, s=50, color=POS_COLOR, zorder=3)
+    for name, xi, yi in zip(names, x, y, strict=True):
+        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if base_margin is not None and np.isfinite(base_margin):
+        ax.axhline(base_margin, color="gray", ls="--", lw=1, label=f"base model ({base_margin:.2f})")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="black", lw=0.6)
+    log_axis(ax, "x", x)
+    ax.set_xlabel("disturbance: mean KL(base ‖ ft) on validation text (nats/token)")
+    ax.set_ylabel("fact strength: mean logit margin of the planted line")
+    ax.set_title("Learned the fact vs disturbed the rest")
+    fig.tight_layout()
+    return fig
+
+
+def plot_order_shares(
+    names: Sequence[str],
+    components: Sequence[str],
+    rows: Sequence[Sequence[Sequence[float]]],
+) -> Figure:
+    """Grouped bars, one group per component, one bar per fine-tune. rows[f][c] = (‖Δ‖/‖base‖, first-order
+    balance, share of order 1, 2, 3); panels: the relative change (log), the balance (0..1), the first-order
+    share, and the second and third orders' shares (log: they are small for small steps). NaN: no bar."""
+    data = np.asarray(rows, dtype=float)  # [n_ft, n_comp, 5]
+    n_ft, n_comp = data.shape[:2]
+    titles = [
+        "‖Δ‖ / ‖base‖ (log)",
+        "first-order balance\n(first factor's term)",
+        "first-order share",
+        "second-order share (log)",
+        "third-order share (log, MLP)",
+    ]
+    fig, axes = plt.subplots(
+        len(titles), 1, figsize=(max(9, 0.35 * n_comp * max(n_ft, 2) + 3), 13), sharex=True
+    )
+    width = 0.8 / max(n_ft, 1)
+    x = np.arange(n_comp)
+    for k, ax in enumerate(axes):
+        for f in range(n_ft):
+            vals = data[f, :, k]
+            pos, ok = x + (f - (n_ft - 1) / 2) * width, np.isfinite(vals)
+            bars = ax.bar(pos, np.where(ok, vals, 0.0), width, label=names[f])
+            # a tick at each measured value, so a true 0 is told apart from a missing bar
+            ax.plot(pos[ok], vals[ok], "_", ms=max(3.0, 60 * width), color=bars.patches[0].get_facecolor())
+        ax.set_ylabel(titles[k], fontsize=8)
+        if k in (0, 3, 4):
+            log_axis(ax, "y", data[:, :, k])
+        else:
+            ax.set_ylim(-0.05, max(1.05, float(np.nanmax(np.append(data[:, :, k].ravel(), 0.0))) * 1.05))
+    axes[0].legend(fontsize=7, ncol=min(n_ft, 5))
+    axes[0].set_title("Orders of the weight difference per component")
+    axes[-1].set_xticks(x, list(components), rotation=45, ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_position_diff(names: Sequence[str], acts: Sequence[ActivationDiff], point: int = -1) -> Figure:
+    """‖δ_p‖ by position at one lens point (default: after the last block), one line per fine-tune, and the
+    cosine of δ_p with the mean over p ≥ 1."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.4))
+    norms = []
+    for name, act in zip(names, acts, strict=True):
+        n = act.diff_norm[point].numpy()
+        norms.append(n)
+        label = name if np.any(n > 0) else f"{name} (no difference)"
+        (line,) = a.plot(np.arange(len(n)), n, "o-", ms=2.5, lw=1, label=label)
+        b.plot(np.arange(len(n)), act.cos_to_mean[point].numpy(), "o-", ms=2.5, lw=1, color=line.get_color())
+    where = acts[0].labels[point] if acts else ""
+    a.set_xlabel("position p in the window")
+    a.set_ylabel(f"‖δ_p‖ after {where} (log scale)")
+    log_axis(a, "y", *norms)
+    a.set_title("Mean activation difference by position (p = 0: attention sink)")
+    a.legend(fontsize=7)
+    b.set_xlabel("position p in the window")
+    b.set_ylabel("cosine(δ_p, mean of δ over p ≥ 1)")
+    b.set_ylim(-1.05, 1.05)
+    b.set_title("Same direction at every position?")
+    fig.tight_layout()
+    return fig
+
+
+def plot_diff_steering(res: SteeringResult) -> Figure:
+    """KL(ft ‖ steered base) against α; the steered base's loss change on the fine-tune's data and validation."""
+    al = res.alphas.numpy()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    a.plot(al, res.kl.numpy(), "o-", color=POS_COLOR, label="KL(ft ‖ steered base)")
+    a.axhline(res.kl_base, color="gray", ls="--", label=f"KL(ft ‖ base) = {res.kl_base:.3g}")
+    a.set_xlabel("α (α = 1: the measured mean difference)")
+    a.set_ylabel("mean KL per token (nats)")
+    a.set_title(f"Steering with the {res.vector.kind} difference at {res.vector.label}")
+    a.legend(fontsize=8)
+    b.plot(al, res.val_loss.numpy() - res.base_val_loss, "s-", color="gray", label="validation text")
+    if res.fact_loss is not None:
+        b.plot(al, res.fact_loss_change.numpy(), "o-", color=NEG_COLOR, label="the fine-tune's data")
+        b.axhline(
+            res.ft_fact_loss - res.base_fact_loss,
+            color=NEG_COLOR,
+            ls=":",
+            label="the fine-tune itself, its data",
+        )
+    b.axhline(0, color="black", lw=0.6)
+    b.set_xlabel("α")
+    b.set_ylabel("loss of the steered base − base (nats/token)")
+    b.set_title("Does steering move the base towards the fine-tune's data?")
+    b.legend(fontsize=8)
     fig.tight_layout()
     return fig
