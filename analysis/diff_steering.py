@@ -158,7 +158,8 @@ class SteeringResult:
     kl [n]: KL(ft ‖ steered base) on validation; kl_base: KL(ft ‖ base); val_loss [n]: the steered base's
     validation loss (base_val_loss, ft_val_loss: unsteered); fact_loss [n]: its loss on the fine-tune's data
     (base_fact_loss, ft_fact_loss), None without such data; samples: [(label, greedy continuation of
-    ``prompt``)], 'base', 'fine-tuned' and 'α = …' in that order; curve: the bilinear MLP's predicted vs measured response (None: ``note`` says why).
+    ``prompt``)], 'base', 'fine-tuned' and 'α = …' in that order; curve: the bilinear MLP's predicted vs
+    measured response (None: ``note`` says why).
     """
 
     vector: SteeringVector

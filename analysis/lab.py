@@ -473,13 +473,24 @@ class LabResults:
 
 
 def _names(opts: LabOptions) -> list[str]:
+    """--names, or each fine-tune's run folder name ('run/ckpt_…' for a checkpoint folder); made unique."""
     if opts.names is None:
-        return [Path(p).name or str(p) for p in opts.finetunes]
-    if len(opts.names) != len(opts.finetunes):
+        names = []
+        for p in opts.finetunes:
+            path = Path(p).resolve()
+            names.append(f"{path.parent.name}/{path.name}" if path.name.startswith("ckpt_") else path.name)
+    elif len(opts.names) != len(opts.finetunes):
         raise AnalysisError(
             f"--names gives {len(opts.names)} names for {len(opts.finetunes)} fine-tunes; give one per fine-tune"
         )
-    return list(opts.names)
+    else:
+        names = list(opts.names)
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n} ({seen[n]})"
+    return names
 
 
 def _index(value: int, n: int, flag: str) -> int:
