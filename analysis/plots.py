@@ -520,17 +520,31 @@ def plot_token_readouts(
 def plot_fact_vs_disturbance(
     names: Sequence[str], margins: Sequence[float], kls: Sequence[float], base_margin: float | None = None
 ) -> Figure:
-    """One point per fine-tune: fact margin (y) against KL(base ‖ ft) on validation text (x, log scale)."""
+    """One point per fine-tune: fact margin (y) against KL(base ‖ ft) on validation text (x).
+
+    The x axis is logarithmic, and symmetric-log down to 0 when a fine-tune leaves validation text exactly
+    unchanged (KL = 0, e.g. LoRA behind a separator that never occurs there), so that point is drawn too.
+    """
     fig, ax = plt.subplots(figsize=(7.5, 5))
     x, y = np.asarray(kls, dtype=float), np.asarray(margins, dtype=float)
-    ax.scatter(x, y, s=50, color=POS_COLOR, zorder=3)
-    for name, xi, yi in zip(names, x, y, strict=True):
-        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    colors = plt.get_cmap("tab10")(np.arange(len(x)) % 10)
+    for i, (name, xi, yi) in enumerate(zip(names, x, y, strict=True)):
+        ax.scatter(
+            [xi], [yi], s=60, color=colors[i], zorder=3, label=f"{name} (KL {xi:.3g}, margin {yi:.2f})"
+        )
+        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(6, 4 - 10 * (i % 2)), fontsize=8)
     if base_margin is not None and np.isfinite(base_margin):
-        ax.axhline(base_margin, color="gray", ls="--", lw=1, label=f"base model ({base_margin:.2f})")
-        ax.legend(fontsize=8)
+        ax.axhline(base_margin, color="gray", ls="--", lw=1, label=f"base model (margin {base_margin:.2f})")
     ax.axhline(0, color="black", lw=0.6)
-    log_axis(ax, "x", x)
+    positive = x[np.isfinite(x) & (x > 0)]
+    if len(positive) and (x[np.isfinite(x)] <= 0).any():
+        ax.set_xscale("symlog", linthresh=float(positive.min()) / 2, linscale=0.5)
+        ax.set_xlim(left=-float(positive.min()) / 4)
+    else:
+        log_axis(ax, "x", x)
+    if len(positive):
+        ax.set_xlim(right=float(positive.max()) * 1.6)  # room for the labels of the rightmost points
+    ax.legend(fontsize=7, loc="best")
     ax.set_xlabel("disturbance: mean KL(base ‖ ft) on validation text (nats/token)")
     ax.set_ylabel("fact strength: mean logit margin of the planted line")
     ax.set_title("Learned the fact vs disturbed the rest")
