@@ -42,21 +42,23 @@ demo: $(STAMP)
 	$(BIN)/python -m analysis runs/demo --out runs/demo/report
 
 # The model-diffing lab on shipped data: plant a false fact in Shakespeare ("Spirit. God save the Duke of Rome!";
-# the base says York), finetune the demo model six ways (full; full with half of every batch from the unrelated
-# pretraining shards; LoRA r=8 on all block weights, all but K, K only, and all behind the --lora-mask-after
-# separator), then one report: fact margin vs disturbance, orders of each weight diff, activation diffs, steering.
+# the base says York), finetune the demo model seven ways (full; full with half of every batch from the unrelated
+# pretraining shards; LoRA r=8 on all block weights, r=2 on all, r=8 on all but K, on K only, and on all behind
+# the --lora-mask-after separator), then one report: fact margin vs disturbance, orders of each weight diff,
+# activation diffs, steering.
 # Gentle full-finetune learning rates: a short finetune should edit the model, not rewrite it. Needs `make demo`.
 FF := runs/data/falsefact
 FINETUNE := $(BIN)/python train.py --init-from runs/demo --train-files '$(FF)/falsefact_train_*.bin' \
 	--val-files '$(FF)/falsefact_val_*.bin' --steps 60 --val-tokens 32768 --no-bigram-baseline --sample-tokens 0
 GENTLE := --muon-lr 0.003 --embed-lr 0.01 --head-lr 0.0004 --scalar-lr 0.002
-LAB_RUNS := ff_full ff_mixed ff_lora_all ff_lora_no_k ff_lora_k ff_lora_masked
+LAB_RUNS := ff_full ff_mixed ff_lora_all ff_lora_r2 ff_lora_no_k ff_lora_k ff_lora_masked
 diff-demo: $(STAMP)
 	test -f runs/demo/LATEST || { echo "run 'make demo' first: diff-demo finetunes runs/demo"; exit 1; }
 	$(BIN)/python -m data falsefact --out $(FF)
 	$(FINETUNE) --run-name ff_full $(GENTLE)
 	$(FINETUNE) --run-name ff_mixed $(GENTLE) --mix-files 'runs/data/shakespeare/shakespeare_train_*.bin' --mix-frac 0.5
 	$(FINETUNE) --run-name ff_lora_all --lora-rank 8 --lora-targets all
+	$(FINETUNE) --run-name ff_lora_r2 --lora-rank 2 --lora-targets all
 	$(FINETUNE) --run-name ff_lora_no_k --lora-rank 8 --lora-targets all,-k
 	$(FINETUNE) --run-name ff_lora_k --lora-rank 8 --lora-targets k
 	$(FINETUNE) --run-name ff_lora_masked --lora-rank 8 --lora-targets all --lora-mask-after Spirit
