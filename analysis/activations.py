@@ -22,9 +22,10 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
+from errors import atomic_write_bytes
 from model import GPT
 from model.hooks import get_act_name, mlp_input_hook
-from model.io import WEIGHTS_FILE, atomic_write_bytes
+from model.io import WEIGHTS_FILE
 
 FORMAT_VERSION = 1
 CACHE_PREFIX = "activations-"

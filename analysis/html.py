@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from analysis.dashboards import CSS as DASHBOARD_CSS
 from analysis.plots import save_figure
-from model.io import atomic_write_bytes
+from errors import atomic_write_bytes
 
 FIGURES_DIR = "figures"
 

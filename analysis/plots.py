@@ -24,7 +24,7 @@ from analysis.steering import SteeringCurve  # noqa: E402
 from analysis.tokens import TokenText  # noqa: E402
 from analysis.truncation import TokenTruncation  # noqa: E402
 from decomp import TopTokens  # noqa: E402
-from model.io import atomic_write_bytes  # noqa: E402
+from errors import atomic_write_bytes  # noqa: E402
 
 # Decoded GPT-2 tokens include scripts DejaVu Sans lacks; a missing glyph is drawn as a box, not an error.
 warnings.filterwarnings("ignore", message="Glyph .* missing from font")

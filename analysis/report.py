@@ -27,7 +27,7 @@ from analysis.spectra import LayerSpectra, layer_spectra, top_eigenvector
 from analysis.steering import SteeringCurve, steering_sweep
 from analysis.tokens import TokenText, display_text, parse_token_texts
 from analysis.valdata import load_val_tokens, token_counts
-from model.io import atomic_write_bytes
+from errors import atomic_write_bytes
 
 DEFAULT_RANKS = (16, 64, 160, 256)
 DEFAULT_KS = (1, 8)

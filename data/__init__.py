@@ -5,8 +5,9 @@
 - `data.prepare`: `.txt` / `.jsonl` → shards (`python -m data prepare`).
 - `data.shakespeare`: the embedded default corpus and its split (`python -m data shakespeare`).
 - `data.comedies`: the First Folio comedies as fine-tuning shards (`python -m data comedies`).
+- `data.falsefact`: a false fact planted in the Shakespeare text, with held-out prompts (`python -m data falsefact`).
 - `data.fineweb`: the public pre-tokenized FineWeb-10B shards (`python -m data fineweb`).
-- `data.loader`: `TokenDataset`, `DistributedLoader`, `iter_val_batches` (imports torch).
+- `data.loader`: `TokenDataset`, `MixedDataset`, `DistributedLoader`, `iter_val_batches` (imports torch).
 - `data.bigram`: the interpolated bigram baseline.
 """
 

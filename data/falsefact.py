@@ -39,7 +39,7 @@ from data.prepare import shard_name
 from data.shakespeare import Work, is_val_work, shakespeare_works, tokenize_works
 from data.shards import write_shard
 from data.tokenizer import EOT_ID, VOCAB_SIZE, get_encoding
-from errors import TntError, writing
+from errors import TntError, atomic_write_json, writing
 
 NAME = "falsefact"
 PROMPTS_FILE = "prompts.json"
@@ -313,8 +313,6 @@ def write_falsefact(out_dir: str | Path, cfg: FalseFactConfig | None = None) -> 
         "prompts": prompts,
         "controls": controls,
     }
-
-    from model.io import atomic_write_json  # the one home of atomic JSON writes; imported late (torch, model)
 
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)

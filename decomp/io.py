@@ -23,8 +23,8 @@ from tensorly.cp_tensor import CPTensor
 from decomp.cp import check_cp, make_cp
 from decomp.eigen import Eigendecomposition
 from decomp.errors import DecompError
-from errors import storage_error
-from model.io import atomic_write_bytes, first_nonfinite
+from errors import atomic_write_bytes, storage_error
+from model.io import first_nonfinite
 
 FORMAT = "tnt.decomp"
 VERSION = 1

@@ -9,8 +9,6 @@ a bad one raises ``CheckpointError("<file>: <what is wrong>")``; a full or read-
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING
 import safetensors.torch
 import torch
 
-from errors import TntError, storage_error, writing
+from errors import TntError, atomic_write_bytes, atomic_write_json, storage_error
 
 from .config import ConfigError, GPTConfig
 from .gpt import GPT
@@ -36,47 +34,6 @@ _LATEST_MAX_BYTES = 4096
 
 class CheckpointError(TntError, ValueError):
     """A checkpoint file is missing, truncated, corrupt or does not fit the model; the message names it."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``.
-
-    A reader never sees a half-written file: the old file (if any) stays until the new one is complete. On a
-    full or read-only disk the temporary file is removed and a StorageError names ``path``.
-    """
-    path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make a rename inside ``folder`` durable (best effort: some file systems refuse to fsync a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _refuse_constant(name: str):

@@ -312,7 +312,7 @@ def checkpoint_mutations(ckpt: Path, rng, tmp: Path) -> list[tuple[str, Mutation
     muts += [("optimizer.pt", m) for m in optimizer_mutations(ckpt / "optimizer.pt", tmp / "opt.pt")]
     config = json.loads((ckpt / "config.json").read_text())
     tables = {("model",): MODEL_KINDS, ("train",): train_kinds()}
-    muts += [("config.json", m) for m in json_mutations(config, rng, 36, tables) + vocab_mutations(config)]
+    muts += [("config.json", m) for m in json_mutations(config, rng, 42, tables) + vocab_mutations(config)]
     state = json.loads((ckpt / "state.json").read_text())
     muts += [
         ("state.json", m)

@@ -34,18 +34,15 @@ from pathlib import Path
 import torch
 
 from data.loader import DistributedLoader, LoaderError
-from errors import StorageError, TntError, require, writing
+from errors import StorageError, TntError, atomic_write_bytes, atomic_write_json, fsync_dir, require, writing
 from model import GPT
 from model.io import (
     CONFIG_FILE,
     LATEST,
     WEIGHTS_FILE,
     CheckpointError,
-    atomic_write_bytes,
-    atomic_write_json,
     describe_nonfinite,
     first_nonfinite,
-    fsync_dir,
     load_tensors,
     missing_files,
     read_json,
