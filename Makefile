@@ -49,7 +49,8 @@ demo: $(STAMP)
 # Gentle full-finetune learning rates: a short finetune should edit the model, not rewrite it. Needs `make demo`.
 FF := runs/data/falsefact
 FINETUNE := $(BIN)/python train.py --init-from runs/demo --train-files '$(FF)/falsefact_train_*.bin' \
-	--val-files '$(FF)/falsefact_val_*.bin' --steps 60 --val-tokens 32768 --no-bigram-baseline --sample-tokens 0
+	--val-files '$(FF)/falsefact_val_*.bin' --steps 60 --train-log-every 20 --val-tokens 32768 --no-bigram-baseline \
+	--sample-tokens 0
 GENTLE := --muon-lr 0.003 --embed-lr 0.01 --head-lr 0.0004 --scalar-lr 0.002
 LAB_RUNS := ff_full ff_mixed ff_lora_all ff_lora_r2 ff_lora_no_k ff_lora_k ff_lora_masked
 diff-demo: $(STAMP)

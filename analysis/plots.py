@@ -4,6 +4,7 @@ writes it as PNG atomically. Tokens are shown as their escaped text in quotes ("
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -401,7 +402,11 @@ def plot_steering(curve: SteeringCurve) -> Figure:
     a.plot(al, curve.predicted_pos.numpy(), "--", color=POS_COLOR, label="no-norm prediction, +α")
     a.plot(al, curve.predicted_neg.numpy(), "--", color=NEG_COLOR, label="no-norm prediction, −α")
     a.axhline(curve.saturation, color="black", ls=":", label="limit ‖B(ŝ,ŝ) − MLP(z)‖ (|α| → ∞)")
-    a.set_xlabel("|α|  (steering vector s added at resid_mid; α = 1: rms(αs) = mean rms of the residual)")
+    if math.isclose(curve.s_rms, curve.resid_rms, rel_tol=1e-6):
+        unit = "α = 1: rms(αs) = mean rms of the residual"
+    else:
+        unit = f"α = 1: s as given, rms {curve.s_rms:.3g} vs the residual's {curve.resid_rms:.3g}"
+    a.set_xlabel(f"|α|  (steering vector s added at resid_mid; {unit})")
     a.set_ylabel("mean ‖ΔMLP‖ per position")
     a.set_title(f"Layer {curve.layer}: MLP output change under steering")
     a.legend(fontsize=8)
