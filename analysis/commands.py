@@ -21,7 +21,8 @@ from analysis.cli import HelpFormatter, add_threads_argument, any_int_list, int_
 from analysis.diff import DiffOptions, build_diff_report
 from analysis.diff_steering import DEFAULT_ALPHAS, STEER_KINDS
 from analysis.errors import AnalysisError
-from analysis.lab import LabOptions, build_lab_report
+from analysis.lab import LabOptions
+from analysis.lab_report import build_lab_report
 from analysis.readable import ReadableOptions
 from analysis.report import DEFAULT_KS, DEFAULT_RANKS, ReportOptions, build_report
 

@@ -39,7 +39,7 @@ from data.prepare import shard_name
 from data.shakespeare import Work, is_val_work, shakespeare_works, tokenize_works
 from data.shards import write_shard
 from data.tokenizer import EOT_ID, VOCAB_SIZE, get_encoding
-from errors import TntError, atomic_write_json, writing
+from errors import TntError, atomic_write_json, storage_error, writing
 
 NAME = "falsefact"
 PROMPTS_FILE = "prompts.json"
@@ -333,9 +333,13 @@ def read_prompts(path: str | Path) -> dict:
             f"{path}: file not found (write it with: python -m data falsefact --out DIR)"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FalseFactError(f"{path}: not valid JSON ({e})") from None
-    for key in ("fact", "prompts", "controls"):
-        if not isinstance(document, dict) or key not in document:
+        raise FalseFactError(f"{path}: not readable JSON ({e})") from None
+    except OSError as e:
+        raise storage_error(e, path) from e
+    if not isinstance(document, dict):
+        raise FalseFactError(f"{path}: expected a JSON object with 'fact' and 'prompts'")
+    for key in ("fact", "prompts"):  # "controls" is optional
+        if key not in document:
             raise FalseFactError(f"{path}: missing field {key!r}")
     return document
 

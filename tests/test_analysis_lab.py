@@ -14,7 +14,8 @@ from toy_models import random_gpt
 
 from analysis.cli import torch_threads
 from analysis.commands import lab_main
-from analysis.lab import LabOptions, run_lab, write_lab_report
+from analysis.lab import LabOptions, run_lab
+from analysis.lab_report import write_lab_report
 from data.shards import read_shard, write_shard
 from data.tokenizer import get_encoding
 from data.vocab import CompactVocab
@@ -210,7 +211,7 @@ def test_lab_command_line_writes_the_report(lab, tmp_path, capsys):
     ("edit", "message"),
     [
         (lambda d: d["prompts"][1].pop("target"), r"prompts\.json: prompts\[1\] has no 'target' field"),
-        (lambda d: d.pop("prompts"), r"prompts\.json: the file has no 'prompts' field"),
+        (lambda d: d.pop("prompts"), r"prompts\.json: missing field 'prompts'"),
         (lambda d: d["prompts"].__setitem__(0, "text"), r"prompts\.json: prompts\[0\] must be an object"),
         (
             lambda d: d["fact"].__setitem__("planted", 3),
