@@ -13,10 +13,11 @@ Command lines (parsers and mains in `analysis.commands`):
 Modules: checkpoint (load a run / checkpoint folder), tokens (decode and display token text), valdata
 (validation windows in model ids), kl (KL divergence and reference logits), faithfulness (MLP replacements
 scored by KL against a noise floor), spectra (interaction-matrix eigenvalues and token readouts), logit_lens,
-steering, model_diff (weight and activation diffs), diff_steering (steering with a finetune's difference), lab and lab_report (the model-diffing lab), activations (the cached activation pass), dashboards
-(top-activating contexts), truncation (data-weighted truncation), composition (two stacked layers), readable
-(the stages and sections that tie components to data), plots (matplotlib figures), html (the report page),
-report / diff (build the reports), commands (every command line), cli (argparse helpers).
+steering, model_diff (weight and activation diffs), diff_steering (steering with a finetune's difference), lab
+and lab_report (the model-diffing lab), activations (the cached activation pass), dashboards (top-activating
+contexts), truncation (data-weighted truncation), composition (two stacked layers), readable (the stages and
+sections that tie components to data), plots (matplotlib figures), html (the report page), report / diff
+(build the reports), commands (every command line), cli (argparse helpers).
 """
 
 from analysis.errors import AnalysisError
