@@ -13,8 +13,8 @@ import torch
 from data.tokenizer import get_encoding
 from data.vocab import CompactVocab
 from errors import TntError, run_cli
-from model import GPT, load_model
-from model.io import CONFIG_FILE, read_json, resolve_checkpoint
+from model import GPT
+from model.io import CONFIG_FILE, load_trained_model, read_json, resolve_checkpoint
 
 
 class SampleError(TntError):
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--tokens must be >= 0, --top-k >= 1 and --temperature >= 0")
     ckpt = resolve_checkpoint(args.checkpoint)
     vocab = CompactVocab.from_config(read_json(ckpt / CONFIG_FILE), source=ckpt / CONFIG_FILE)
-    model = load_model(ckpt)
+    model = load_trained_model(ckpt)  # a masked LoRA finetune samples with its mask
     vocab.check_fits(model.config.vocab_size, source=ckpt / CONFIG_FILE)
     print(
         sample(

@@ -60,6 +60,7 @@ from data.tokenizer import get_encoding
 from data.vocab import VocabError
 from decomp import CircuitOrders, DecompError, OrderShares, layer_order_shares, ov_orders, qk_orders
 from model import GPT, CheckpointError
+from model.io import load_trained_model
 
 FACT_VAL_GLOB = "falsefact_val_*.bin"
 
@@ -258,10 +259,8 @@ def load_finetune(path: str, name: str, base: Checkpoint) -> Finetune:
     recipe = read_recipe(ckpt)
     model = ckpt.model
     if recipe.masked:  # the merged weights act at every position; the trained model only after the separator
-        from model.io import load_model
-
         try:
-            model = load_model(ckpt.path, adapters=True).float().eval()
+            model = load_trained_model(ckpt.path).float().eval()
         except CheckpointError as e:
             raise AnalysisError(str(e)) from e
         for p in model.parameters():

@@ -208,6 +208,14 @@ def load_lora_config(directory: str | Path) -> LoRAConfig | None:
         raise CheckpointError(str(e)) from e
 
 
+def load_trained_model(directory: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """The function ``directory`` was trained to compute: the plain GPT of its merged weights, except for a LoRA
+    finetune behind a separator mask (``--lora-mask-after``), whose merged weights would act at every position:
+    then base + adapters with the mask (``load_model(directory, adapters=True)``)."""
+    lora = load_lora_config(directory)
+    return load_model(directory, device, adapters=lora is not None and lora.mask_token is not None)
+
+
 def load_model(
     directory: str | Path,
     device: str | torch.device = "cpu",

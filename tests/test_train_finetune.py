@@ -12,7 +12,7 @@ import train
 from data.shards import read_shard, write_shard
 from data.tokenizer import get_encoding
 from model import ConfigError, load_model
-from model.io import resolve_checkpoint
+from model.io import load_trained_model, resolve_checkpoint
 
 D = 32  # tiny_args' --d-model
 
@@ -58,7 +58,20 @@ def test_lora_mask_after_a_separator_token(corpus):
     train.main(tiny_args(corpus, "masked", *args, "--steps", "2"))
     saved = json.loads((corpus["root"] / "runs" / "masked" / "ckpt_000002" / "config.json").read_text())
     vocab_ids = saved["vocab"]["token_ids"]
-    assert vocab_ids[saved["lora"]["mask_token"]] == 1000  # the separator's model id
+    sep_id = saved["lora"]["mask_token"]
+    assert vocab_ids[sep_id] == 1000  # the separator's model id
+    # what sample.py and the lab run: the masked model, the base exactly up to the separator; the merged weights
+    # (adapters at every position) differ there
+    ckpt = corpus["root"] / "runs" / "masked" / "ckpt_000002"
+    base, trained, merged = (
+        m.eval()
+        for m in (load_model(resolve_checkpoint(args[1])), load_trained_model(ckpt), load_model(ckpt))
+    )
+    idx = torch.tensor([[(sep_id + 1 + i) % len(vocab_ids) for i in range(6)] + [sep_id, 3, 4, 5]])
+    with torch.no_grad():
+        b, t, m = base(idx), trained(idx), merged(idx)
+    assert torch.equal(t[:, :7], b[:, :7]) and not torch.allclose(t[:, 7:], b[:, 7:])
+    assert not torch.allclose(m[:, :7], b[:, :7])
     with pytest.raises(ConfigError, match="not one"):
         train.main(tiny_args(corpus, "m2", *args[:4], "--lora-mask-after", sep + sep + sep))
 
