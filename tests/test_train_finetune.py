@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train import tiny_args
+import torch.multiprocessing as mp
+from test_train import _ddp_worker, tiny_args
+from toy_data import free_port
 
 import train
 from data.shards import read_shard, write_shard
@@ -108,3 +110,23 @@ def test_finetuning_flags_refuse_bad_values_in_one_line(corpus, extra, message):
     with pytest.raises(ConfigError, match=message) as e:
         train.main(tiny_args(corpus, "bad", *extra))
     assert "\n" not in str(e.value)
+
+
+def test_masked_lora_on_two_gloo_ranks_equals_one_rank_with_accumulation(corpus):
+    sep = get_encoding().decode([1000])
+    lora = (
+        "--init-from",
+        trained_base(corpus),
+        "--lora-rank",
+        "2",
+        "--lora-mask-after",
+        sep,
+        "--micro-batch",
+        "4",
+    )
+    train.main(tiny_args(corpus, "accum", *lora))
+    mp.spawn(_ddp_worker, args=(2, free_port(), tiny_args(corpus, "ddp", *lora)), nprocs=2, join=True)
+    runs = corpus["root"] / "runs"
+    for name, a in weights(runs / "accum").items():  # merged weights: the adapters' updates agree
+        torch.testing.assert_close(a, weights(runs / "ddp")[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert "2 rank(s) × 1 accumulation step(s)" in (runs / "ddp" / "log.txt").read_text()
