@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.cli import HelpFormatter, add_threads_argument, any_int_list, int_list
+from analysis.cli import HelpFormatter, add_threads_argument, any_int_list, float_list, int_list
 from analysis.diff import DiffOptions, build_diff_report
 from analysis.diff_steering import DEFAULT_ALPHAS, STEER_KINDS
 from analysis.errors import AnalysisError
@@ -269,17 +269,6 @@ def diff_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _float_list(text: str) -> tuple[float, ...]:
-    """'0,0.5,1' -> (0.0, 0.5, 1.0)."""
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    return values
-
-
 def lab_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m analysis.lab",
@@ -351,7 +340,7 @@ def lab_parser() -> argparse.ArgumentParser:
         help="mean: mean difference over positions >= 1; first: position 0's, at position 0; pc1: its top PC",
     )
     g.add_argument(
-        "--alphas", type=_float_list, default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), help="scales α"
+        "--alphas", type=float_list, default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), help="scales α"
     )
     g.add_argument("--steer-tokens", type=int, default=2048, help="validation (and fact) tokens per α")
     g.add_argument("--sample-tokens", type=int, default=40, help="greedy tokens per sample (0: none)")

@@ -23,7 +23,7 @@ from analysis.dashboards import cards_html, cards_markdown
 from analysis.errors import AnalysisError
 from analysis.faithfulness import cp_layer_kinds
 from analysis.html import Report, Table
-from analysis.model_diff import activation_diff, check_comparable, weight_diff
+from analysis.model_diff import LayerWeightDiff, activation_diff, check_comparable, weight_diff
 from analysis.readable import ReadableOptions, diff_dashboards, token_frequency
 from analysis.report import n_valid_tokens
 from analysis.tokens import TokenText
@@ -160,31 +160,7 @@ def _build_diff_report(opts: DiffOptions) -> Path:
             f"Layer {d.layer}: the largest rank-one terms λ a⊗b⊗c of the rank-{d.rank} CP of B_ft − B_base. Output "
             "a read through W_U (tokens whose logits the term writes), inputs b, c through W_E.",
         )
-        r.table(
-            Table(
-                [
-                    "term",
-                    "magnitude",
-                    "output W_U·a highest",
-                    "output lowest",
-                    "input W_E·b highest",
-                    "input W_E·c highest",
-                ],
-                [
-                    [
-                        str(n + 1),
-                        f"{c.magnitude:.3g}",
-                        _tokens(c.output.positive),
-                        _tokens(c.output.negative),
-                        _tokens(c.inputs[0].positive),
-                        _tokens(c.inputs[1].positive) if len(c.inputs) > 1 else "",
-                    ]
-                    for n, c in enumerate(d.components)
-                ],
-                f"Layer {d.layer}: token readouts (signs of a term's factors are defined only jointly)",
-                mono_columns=(2, 3, 4, 5),
-            )
-        )
+        r.table(diff_terms_table(d))
         if d.layer in dashboards:
             cards = dashboards[d.layer]
             r.text(
@@ -233,6 +209,33 @@ def _build_diff_report(opts: DiffOptions) -> Path:
     )
     r.text(f"Computed in {elapsed:.1f} s.")
     return r.write()
+
+
+def diff_terms_table(d: LayerWeightDiff) -> Table:
+    """The token readouts of a weight diff's top terms λ a⊗b⊗c: output a through W_U, inputs b, c through W_E."""
+    return Table(
+        [
+            "term",
+            "magnitude",
+            "output W_U·a highest",
+            "output lowest",
+            "input W_E·b highest",
+            "input W_E·c highest",
+        ],
+        [
+            [
+                str(n + 1),
+                f"{c.magnitude:.3g}",
+                _tokens(c.output.positive),
+                _tokens(c.output.negative),
+                _tokens(c.inputs[0].positive),
+                _tokens(c.inputs[1].positive) if len(c.inputs) > 1 else "",
+            ]
+            for n, c in enumerate(d.components)
+        ],
+        f"Layer {d.layer}: token readouts (signs of a term's factors are defined only jointly)",
+        mono_columns=(2, 3, 4, 5),
+    )
 
 
 def _tokens(entries) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from analysis import plots
 from analysis.cli import torch_threads
+from analysis.diff import diff_terms_table
 from analysis.html import Report, Table
 from analysis.lab import ComponentOrders, LabOptions, LabResults, run_lab
 from analysis.tokens import display_text
@@ -155,31 +156,7 @@ def write_lab_report(opts: LabOptions, res: LabResults, elapsed: float) -> Path:
             f"B_ft − B_base (relative change {d.relative_change:.3g}, fit error {d.rel_error:.2f}); output a read "
             "through W_U, inputs b, c through W_E.",
         )
-        r.table(
-            Table(
-                [
-                    "term",
-                    "magnitude",
-                    "output W_U·a highest",
-                    "output lowest",
-                    "input W_E·b highest",
-                    "input W_E·c highest",
-                ],
-                [
-                    [
-                        str(n + 1),
-                        f"{c.magnitude:.3g}",
-                        _tokens(c.output.positive),
-                        _tokens(c.output.negative),
-                        _tokens(c.inputs[0].positive),
-                        _tokens(c.inputs[1].positive) if len(c.inputs) > 1 else "",
-                    ]
-                    for n, c in enumerate(d.components)
-                ],
-                f"Layer {d.layer}: token readouts (signs of a term's factors are defined only jointly)",
-                mono_columns=(2, 3, 4, 5),
-            )
-        )
+        r.table(diff_terms_table(d))
 
     r.heading("Activation-based diff (first-position dominance, PCA, logit lens)")
     last = res.finetunes[0].act.labels[-1]

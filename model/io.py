@@ -208,6 +208,40 @@ def load_lora_config(directory: str | Path) -> LoRAConfig | None:
         raise CheckpointError(str(e)) from e
 
 
+def check_tensors(
+    source: str | Path,
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    against: str,
+    allow_nonfinite: bool = False,
+) -> None:
+    """Refuse (CheckpointError naming ``source``) ``tensors`` that do not fit ``expected`` (what ``against``, e.g.
+    "config.json", implies): missing or unexpected names, other shapes, integer for float, and inf/NaN values (a
+    diverged run) unless ``allow_nonfinite``."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: tensors do not match {against} "
+            f"(missing {missing[:5]}{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]})"
+        )
+    for name, tensor in tensors.items():
+        want = expected[name]
+        if tensor.shape != want.shape:
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, {against} implies {tuple(want.shape)}"
+            )
+        if tensor.is_floating_point() != want.is_floating_point():
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has dtype {tensor.dtype}, expected {want.dtype}"
+            )
+    if not allow_nonfinite and (bad := first_nonfinite(tensors.items())) is not None:
+        raise CheckpointError(
+            f"{source}: tensor {bad[0]!r} holds non-finite values ({describe_nonfinite(bad[1])}); the run had "
+            "diverged when this was saved: use an earlier checkpoint"
+        )
+
+
 def load_trained_model(directory: str | Path, device: str | torch.device = "cpu") -> GPT:
     """The function ``directory`` was trained to compute: the plain GPT of its merged weights, except for a LoRA
     finetune behind a separator mask (``--lora-mask-after``), whose merged weights would act at every position:
@@ -235,29 +269,7 @@ def load_model(
     model = GPT(load_config(directory))
     path = directory / WEIGHTS_FILE
     state = load_tensors(path, device="cpu")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: tensors do not match config.json "
-            f"(missing {missing[:5]}{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]})"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                f"config.json implies {tuple(expected[name].shape)}"
-            )
-        if tensor.is_floating_point() != expected[name].is_floating_point():
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has dtype {tensor.dtype}, expected {expected[name].dtype}"
-            )
-    if not allow_nonfinite and (bad := first_nonfinite(state.items())) is not None:
-        raise CheckpointError(
-            f"{path}: tensor {bad[0]!r} holds non-finite values ({describe_nonfinite(bad[1])}); the run had "
-            "diverged when this was saved: use an earlier checkpoint"
-        )
+    check_tensors(path, state, model.state_dict(), "config.json", allow_nonfinite)
     model.load_state_dict(state)
     if adapters:
         _attach_saved_adapters(model, directory, state, allow_nonfinite)

@@ -373,31 +373,12 @@ def load_adapters(
     """Copy ``tensors`` (an ``adapter_state_dict``) into ``model``, which ``apply_lora`` built with the same
     LoRAConfig. Raises CheckpointError naming ``source`` for missing or unexpected tensors, wrong shapes or
     dtypes, and inf/NaN values (unless ``allow_nonfinite``)."""
-    from .io import CheckpointError, describe_nonfinite, first_nonfinite
+    from .io import CheckpointError, check_tensors
 
     expected = adapter_state_dict(model)
     if not expected:
         raise CheckpointError(f"{source}: the model has no LoRA adapters to load these tensors into")
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: tensors do not match the LoRA config (missing {missing[:5]}"
-            f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]})"
-        )
-    for name, t in tensors.items():
-        want = expected[name]
-        if t.shape != want.shape:
-            raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the LoRA config implies {tuple(want.shape)}"
-            )
-        if not t.is_floating_point():
-            raise CheckpointError(f"{source}: tensor {name!r} has dtype {t.dtype}, expected {want.dtype}")
-    if not allow_nonfinite and (bad := first_nonfinite(tensors.items())) is not None:
-        raise CheckpointError(
-            f"{source}: tensor {bad[0]!r} holds non-finite values ({describe_nonfinite(bad[1])}); the run had "
-            "diverged when this was saved: use an earlier checkpoint"
-        )
+    check_tensors(source, tensors, expected, "the LoRA config", allow_nonfinite)
     with torch.no_grad():
         for name, t in tensors.items():
             expected[name].copy_(t)
