@@ -96,8 +96,9 @@ def writing(path: str | Path) -> Iterator[None]:
         raise storage_error(e, path) from e
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``.
+def atomic_write_bytes(path: str | Path, *chunks: bytes) -> None:
+    """Write ``chunks`` (one after the other) to ``path`` via a temporary file in the same directory and
+    ``os.replace``.
 
     A reader never sees a half-written file: the old file (if any) stays until the new one is complete. On a
     full or read-only disk the temporary file is removed and a StorageError names ``path``.
@@ -107,9 +108,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
+            os.fchmod(fd, 0o644)  # mkstemp creates 0600; checkpoints and shards are ordinary shared files
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in chunks:
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

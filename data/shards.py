@@ -8,14 +8,13 @@ Layout (unchanged from modded-nanoGPT, so its public FineWeb shards load as they
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from data.tokenizer import VOCAB_SIZE
-from errors import TntError, storage_error, writing
+from errors import TntError, atomic_write_bytes, storage_error
 
 MAGIC = 20240520
 VERSION = 1
@@ -60,19 +59,8 @@ def write_shard(path: str | Path, tokens: np.ndarray | Sequence[int], vocab_size
         raise ShardError(f"{path}: {array.size} tokens do not fit the int32 token count of the header")
     body = array.astype(TOKEN_DTYPE, copy=False)
 
-    with writing(path):  # a full or read-only disk: StorageError naming the shard, no temporary file left
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp creates 0600; shards are ordinary shared data files
-            with os.fdopen(fd, "wb") as f:
-                f.write(shard_header(array.size).tobytes())
-                f.write(body.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+    # a full or read-only disk: StorageError naming the shard, no temporary file left
+    atomic_write_bytes(path, shard_header(array.size).tobytes(), body.tobytes())
 
 
 def read_shard_header(path: str | Path) -> int:
